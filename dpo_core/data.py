@@ -1,0 +1,68 @@
+"""Preference pairs as token ids, and their collation into right-padded batches.
+
+Token ids are kept end to end: what was sampled is exactly what is scored and trained on.
+Text enters once, through `encode_pair`, which tokenizes prompt and completions
+separately and concatenates the ids (as the official code does), so the prompt is always
+an exact prefix of both sequences.
+"""
+
+import torch
+
+from dpo_core.logprobs import pad_right
+
+
+def _check_ids(name, ids):
+    if len(ids) == 0:
+        raise ValueError(f"empty {name}: every pair needs a non-empty prompt and two non-empty completions")
+
+
+def make_pair(prompt_ids, chosen_ids, rejected_ids, max_length):
+    """One preference example: prompt + chosen and prompt + rejected, labels masking the prompt.
+
+    Args:
+        prompt_ids, chosen_ids, rejected_ids: lists of token ids.
+        max_length: the longest sequence the model may see; longer input is an error, never
+            silently truncated (chosen and rejected would be cut differently).
+    Returns:
+        dict of lists: chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels.
+    """
+    _check_ids("prompt", prompt_ids)
+    _check_ids("chosen completion", chosen_ids)
+    _check_ids("rejected completion", rejected_ids)
+    if list(chosen_ids) == list(rejected_ids):
+        raise ValueError("chosen equals rejected: a pair needs two different completions (drop exact ties)")
+    example = {}
+    for side, completion in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+        ids = list(prompt_ids) + list(completion)
+        if len(ids) > max_length:
+            raise ValueError(
+                f"{side} sequence has {len(ids)} tokens > max_length={max_length}; "
+                "raise max_length or shorten the prompt/completion"
+            )
+        example[f"{side}_input_ids"] = ids
+        example[f"{side}_labels"] = [-100] * len(prompt_ids) + list(completion)
+    return example
+
+
+def encode_pair(tokenizer, prompt, chosen, rejected, max_length, append_eos=False):
+    """Text pair -> `make_pair` example. With append_eos, one EOS ends each completion
+    (only for completions that really ended; truncated samples must not get one)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completions = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (chosen, rejected)]
+    if append_eos:
+        completions = [ids + [tokenizer.eos_token_id] for ids in completions]
+    return make_pair(prompt_ids, *completions, max_length=max_length)
+
+
+def collate_pairs(examples, pad_token_id):
+    """Right-pad a list of `make_pair` examples into (B, T) tensors per side, with
+    attention masks; labels are padded with -100 so padding never counts."""
+    batch = {}
+    for side in ("chosen", "rejected"):
+        ids = [torch.tensor(e[f"{side}_input_ids"]) for e in examples]
+        labels = [torch.tensor(e[f"{side}_labels"]) for e in examples]
+        length = max(len(x) for x in ids)
+        batch[f"{side}_input_ids"] = pad_right(ids, length, pad_token_id)
+        batch[f"{side}_labels"] = pad_right(labels, length, -100)
+        batch[f"{side}_attention_mask"] = pad_right([torch.ones_like(x) for x in ids], length, 0)
+    return batch

@@ -1,0 +1,121 @@
+"""Sequence log-probabilities of completions under a causal LM.
+
+The DPO loss (Eq. 7) needs log pi(y|x) = sum_t log pi(y_t | x, y_<t) over the completion
+tokens only. This module computes it from logits, and runs chosen and rejected
+completions through a model in one forward pass.
+
+Conventions (the official code's and TRL's):
+- `labels` equal `input_ids` with prompt and padding positions set to `ignore_index`;
+  masking is by label, never by token id (pad == eos in GPT-2 would drop the real EOS).
+- Logits at position t predict token t + 1; the shift happens inside.
+- The log-softmax is taken in fp32 whatever the logits' dtype.
+- Batches are right-padded and carry explicit position ids, so models with absolute
+  position embeddings (GPT-2) see each real token at its true position.
+"""
+
+import torch
+
+
+def token_logps(logits, labels, ignore_index=-100):
+    """Per-token log p(label_t | prefix) for the unshifted `labels`.
+
+    Args:
+        logits: (B, T, V) from a causal LM over `input_ids`.
+        labels: (B, T) `input_ids` with ignored positions set to `ignore_index`.
+    Returns:
+        logps (B, T-1) fp32, zero where masked, and mask (B, T-1) bool.
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (B, T)")
+    logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+    labels = labels[:, 1:]  # (B, T-1)
+    mask = labels != ignore_index
+    safe_labels = labels.masked_fill(~mask, 0)
+    # gather - logsumexp is log_softmax at the label, without a (B, T, V) log-softmax tensor.
+    picked = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    logps = picked - torch.logsumexp(logits, dim=-1)
+    return logps * mask, mask
+
+
+def sequence_logps(logits, labels, ignore_index=-100, average=False):
+    """Sum (or, with average=True, mean) of log p(label_t | prefix) over unmasked positions.
+
+    This is log pi(y|x) of the paper when `labels` mask the prompt. DPO as published
+    sums; averaging changes the effective beta by about the completion length.
+
+    Args:
+        logits: (B, T, V) from a causal LM over `input_ids`, any float dtype.
+        labels: (B, T) `input_ids` with prompt and padding positions set to `ignore_index`.
+    Returns:
+        (B,) fp32.
+    Raises:
+        ValueError if a sequence has no unmasked label (an empty completion), which would
+        otherwise score as log-prob 0 (sum) or 0/0 (mean).
+    """
+    logps, mask = token_logps(logits, labels, ignore_index)
+    counts = mask.sum(-1)  # (B,)
+    if (counts == 0).any():
+        empty = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(
+            f"sequences {empty} have no completion tokens (every label is {ignore_index}); "
+            "drop empty completions before scoring them"
+        )
+    total = logps.sum(-1)
+    return total / counts if average else total
+
+
+def position_ids_from_mask(attention_mask):
+    """(B, T) position ids that count only real tokens: cumsum(mask) - 1, 0 on padding.
+    Needed by absolute-position models (GPT-2) whenever a row does not start at column 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def pad_right(rows, length, value):
+    """Stack 1-D tensors into (len(rows), length), right-padded with `value`."""
+    out = rows[0].new_full((len(rows), length), value)
+    for i, row in enumerate(rows):
+        out[i, : row.numel()] = row
+    return out
+
+
+def concatenated_inputs(batch, pad_token_id=0, ignore_index=-100):
+    """Stack the chosen and rejected halves of a preference batch into one batch.
+
+    Args:
+        batch: dict with `chosen_input_ids`, `chosen_attention_mask`, `chosen_labels` and the
+            same three `rejected_*` keys, each (B, T_c) or (B, T_r).
+    Returns:
+        dict of `input_ids`, `attention_mask`, `labels`, each (2B, max(T_c, T_r));
+        rows [:B] are chosen, rows [B:] rejected.
+    """
+    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "labels": ignore_index}
+    out = {}
+    for key, value in pad_values.items():
+        rows = list(batch[f"chosen_{key}"]) + list(batch[f"rejected_{key}"])
+        out[key] = pad_right(rows, length, value)
+    return out
+
+
+def concatenated_forward(model, batch, average=False):
+    """Run chosen and rejected completions through `model` in one forward pass.
+
+    One pass instead of two halves the kernel launches and, under FSDP, the all-gathers.
+    Returns (chosen_logps, rejected_logps), each (B,) fp32 summed log-probs (means if
+    average=True).
+    """
+    inputs = concatenated_inputs(batch)
+    logps = forward_logps(model, **inputs, average=average)  # (2B,)
+    n_pairs = batch["chosen_input_ids"].shape[0]
+    return logps[:n_pairs], logps[n_pairs:]
+
+
+def forward_logps(model, input_ids, attention_mask, labels, average=False):
+    """Sequence log-probs of one right-padded batch (B, T) -> (B,), with explicit position ids."""
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+    ).logits
+    return sequence_logps(logits, labels, average=average)
+

@@ -1,0 +1,83 @@
+"""Helpers for the notebooks' second cell: check the parameters papermill injected.
+
+papermill only warns when it is given a parameter the notebook does not declare, so a
+misspelt key in a params file would silently run with the defaults. Here a notebook
+declares its parameters in its first cell as annotated literals (`beta: float = 0.1`),
+which puts their names and types in `__annotations__`; papermill injects overrides as a
+cell that starts with `# Parameters`, which IPython keeps in its input history `In`.
+`check_parameters` compares the two and stops the notebook with a clear message.
+"""
+
+import ast
+import difflib
+from pathlib import Path
+
+
+class ParameterError(ValueError):
+    """A notebook parameter is unknown, of the wrong type, or out of range."""
+
+
+def injected_names(namespace):
+    """Names assigned by papermill's injected-parameters cells in this kernel's history."""
+    names = set()
+    for source in namespace.get("In", []):
+        if source.lstrip().startswith("# Parameters"):
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _check_type(name, value, expected):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # papermill parses `-p beta 1` as an int
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise ParameterError(
+            f"parameter {name!r} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+            + (" (pass strings with papermill -r, not -p)" if expected is str else "")
+        )
+    return value
+
+
+def check_parameters(namespace):
+    """Validate the notebook's parameters; return them as a dict (for params.json).
+
+    Args:
+        namespace: the notebook's `globals()`.
+    Raises:
+        ParameterError for an injected name the first cell does not declare, or a value
+        whose type differs from its annotation.
+    """
+    declared = namespace.get("__annotations__", {})
+    unknown = sorted(injected_names(namespace) - set(declared))
+    if unknown:
+        hints = [
+            f"{name!r}" + "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(name, declared, n=1))
+            for name in unknown
+        ]
+        raise ParameterError(
+            f"unknown parameter {', '.join(hints)}; this notebook's parameters are {sorted(declared)}. "
+            "Fix the name in the params file or the papermill -p flag."
+        )
+    params = {}
+    for name, expected in declared.items():
+        params[name] = namespace[name] = _check_type(name, namespace[name], expected)
+    return params
+
+
+def require(condition, message):
+    """Stop the notebook with `message` unless `condition` holds (range checks)."""
+    if not condition:
+        raise ParameterError(message)
+
+
+def repo_root():
+    """The repository root: the nearest parent of the working directory holding this
+    project's pyproject.toml, else the parent of the installed package (editable install).
+    JupyterLab, nbval (notebook dir) and papermill (--cwd) then agree on every path."""
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "dpo_core"' in pyproject.read_text():
+            return folder
+    return Path(__file__).resolve().parents[1]

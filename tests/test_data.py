@@ -1,0 +1,49 @@
+"""Pair construction and collation: prompt masking, bad input, padding values."""
+
+import pytest
+import torch
+
+from dpo_core.data import collate_pairs, encode_pair, make_pair
+from dpo_core.tiny import byte_tokenizer
+
+
+def test_make_pair_masks_the_prompt_only():
+    ex = make_pair([5, 6], [7, 8, 9], [10], max_length=8)
+    assert ex["chosen_input_ids"] == [5, 6, 7, 8, 9]
+    assert ex["chosen_labels"] == [-100, -100, 7, 8, 9]
+    assert ex["rejected_input_ids"] == [5, 6, 10]
+    assert ex["rejected_labels"] == [-100, -100, 10]
+
+
+@pytest.mark.parametrize(
+    "prompt, chosen, rejected, match",
+    [
+        ([], [1], [2], "empty prompt"),
+        ([1], [], [2], "empty chosen completion"),
+        ([1], [2], [], "empty rejected completion"),
+        ([1], [2, 3], [2, 3], "chosen equals rejected"),
+        ([1] * 6, [2, 3], [4], "max_length=7"),
+    ],
+)
+def test_bad_pairs_are_clear_errors(prompt, chosen, rejected, match):
+    with pytest.raises(ValueError, match=match):
+        make_pair(prompt, chosen, rejected, max_length=7)
+
+
+def test_encode_pair_keeps_the_prompt_as_an_exact_prefix_and_appends_eos_on_request():
+    tok = byte_tokenizer()
+    ex = encode_pair(tok, "Great", " film", " mess", max_length=32, append_eos=True)
+    prompt_ids = tok("Great", add_special_tokens=False)["input_ids"]
+    assert ex["chosen_input_ids"][: len(prompt_ids)] == prompt_ids
+    assert ex["chosen_input_ids"][-1] == tok.eos_token_id
+    assert ex["chosen_labels"][-1] == tok.eos_token_id  # the EOS we want learned is never masked
+    assert tok.decode(ex["chosen_input_ids"][:-1]) == "Great film"
+
+
+def test_collate_right_pads_with_minus_100_labels_and_zero_mask():
+    batch = collate_pairs([make_pair([1], [2], [3, 4, 5], 8), make_pair([1, 1], [2, 2, 2], [3], 8)], pad_token_id=0)
+    assert batch["chosen_input_ids"].tolist() == [[1, 2, 0, 0, 0], [1, 1, 2, 2, 2]]
+    assert batch["chosen_labels"].tolist() == [[-100, 2, -100, -100, -100], [-100, -100, 2, 2, 2]]
+    assert batch["chosen_attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["rejected_input_ids"].shape == (2, 4)
+    assert batch["rejected_labels"].dtype == torch.long

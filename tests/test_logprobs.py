@@ -1,0 +1,133 @@
+"""sequence_logps and concatenated_forward against a naive per-position loop and separate forwards."""
+
+import pytest
+import torch
+
+from dpo_core.data import collate_pairs, encode_pair
+from dpo_core.logprobs import concatenated_forward, forward_logps, sequence_logps
+from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+
+
+def naive_logps(logits, labels, average=False):
+    """One position at a time: log_softmax(logits[b, t])[labels[b, t + 1]] in float64."""
+    out = []
+    for b in range(labels.shape[0]):
+        terms = [
+            torch.log_softmax(logits[b, t].double(), -1)[labels[b, t + 1]].item()
+            for t in range(labels.shape[1] - 1)
+            if labels[b, t + 1] != -100
+        ]
+        out.append(sum(terms) / len(terms) if average else sum(terms))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def toy_batch(seed=0, B=3, T=7, V=11):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g) * 3
+    labels = torch.randint(0, V, (B, T), generator=g)
+    labels[0, :2] = -100  # prompt of 2
+    labels[1, :4] = -100  # prompt of 4
+    labels[1, 6:] = -100  # padding
+    labels[2, :1] = -100
+    return logits, labels
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_matches_naive_loop(average):
+    logits, labels = toy_batch()
+    got = sequence_logps(logits, labels, average=average)
+    torch.testing.assert_close(got.double(), naive_logps(logits, labels, average), rtol=1e-5, atol=1e-5)
+
+
+def test_three_token_sequence_against_model_prefix_loop():
+    model, tok = tiny_gpt2(), byte_tokenizer()
+    ids = torch.tensor([tok("abc")["input_ids"]])  # 3 tokens; the first is the prompt
+    labels = ids.clone()
+    labels[0, 0] = -100
+    with torch.no_grad():
+        got = sequence_logps(model(ids).logits, labels)
+        expected = sum(torch.log_softmax(model(ids[:, :t]).logits[0, -1], -1)[ids[0, t]] for t in (1, 2))
+    torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_and_padding_positions_do_not_count():
+    logits, labels = toy_batch()
+    base = sequence_logps(logits, labels)
+    noisy = logits.clone()
+    noisy[1, 6:] = torch.randn_like(noisy[1, 6:]) * 100  # logits at padding and after the end
+    noisy[1, :3] = torch.randn_like(noisy[1, :3]) * 100  # logits predicting prompt tokens
+    torch.testing.assert_close(sequence_logps(noisy, labels), base)
+
+
+def test_appending_padding_changes_nothing():
+    logits, labels = toy_batch()
+    padded_logits = torch.cat([logits, torch.randn(3, 5, 11)], dim=1)
+    padded_labels = torch.cat([labels, torch.full((3, 5), -100)], dim=1)
+    torch.testing.assert_close(sequence_logps(padded_logits, padded_labels), sequence_logps(logits, labels))
+
+
+def test_model_logps_unchanged_by_extra_right_padding():
+    model, tok = tiny_gpt2(), byte_tokenizer()
+    batch = collate_pairs([encode_pair(tok, "Hi", " there", " you", 64)], tok.pad_token_id)
+    ids, mask, labels = batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"]
+    with torch.no_grad():
+        base = forward_logps(model, ids, mask, labels)
+        pad = torch.full((1, 9), tok.pad_token_id)
+        padded = forward_logps(
+            model,
+            torch.cat([ids, pad], 1),
+            torch.cat([mask, torch.zeros_like(pad)], 1),
+            torch.cat([labels, torch.full_like(pad, -100)], 1),
+        )
+    torch.testing.assert_close(padded, base, rtol=1e-6, atol=1e-5)
+
+
+def test_sum_vs_mean():
+    logits, labels = toy_batch()
+    counts = (labels[:, 1:] != -100).sum(-1)
+    torch.testing.assert_close(sequence_logps(logits, labels, average=True), sequence_logps(logits, labels) / counts)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_are_reduced_in_fp32(dtype):
+    logits, labels = toy_batch()
+    low = logits.to(dtype)
+    got = sequence_logps(low, labels)
+    assert got.dtype == torch.float32
+    # the fp32 reduction of the rounded logits, not a reduction in `dtype`
+    torch.testing.assert_close(got.double(), naive_logps(low.float(), labels), rtol=1e-5, atol=1e-4)
+    in_low_precision = torch.log_softmax(low, -1)  # what a careless implementation would sum
+    assert in_low_precision.dtype == dtype
+
+
+def test_empty_completion_is_a_clear_error():
+    logits, labels = toy_batch()
+    labels[2, :] = -100
+    with pytest.raises(ValueError, match=r"sequences \[2\] have no completion tokens"):
+        sequence_logps(logits, labels)
+
+
+def test_concatenated_forward_equals_two_separate_forwards():
+    model, tok = tiny_gpt2(seed=1), byte_tokenizer()
+    examples = [
+        encode_pair(tok, "The film", " was a delight.", " bored me to tears, honestly.", 128),
+        encode_pair(tok, "Acting:", " superb throughout", " wooden", 128),
+        encode_pair(tok, "I", " cried", " left early and asked for a refund", 128),
+    ]
+    batch = collate_pairs(examples, tok.pad_token_id)
+    with torch.no_grad():
+        chosen, rejected = concatenated_forward(model, batch)
+        sep_chosen = forward_logps(
+            model, batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"]
+        )
+        sep_rejected = forward_logps(
+            model, batch["rejected_input_ids"], batch["rejected_attention_mask"], batch["rejected_labels"]
+        )
+        # and each pair alone, unpadded, with no attention mask at all
+        alone = [
+            sequence_logps(model(torch.tensor([e["chosen_input_ids"]])).logits, torch.tensor([e["chosen_labels"]]))
+            for e in examples
+        ]
+    torch.testing.assert_close(chosen, sep_chosen, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rejected, sep_rejected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chosen, torch.cat(alone), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,62 @@
+"""The DPO step on the tiny model with a frozen copy as reference: the paper's step-0
+invariants and one step of learning."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from dpo_core.data import collate_pairs, encode_pair
+from dpo_core.logprobs import concatenated_forward
+from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+from dpo_core.train import disable_dropout, dpo_step, reference_logps
+
+PAIRS = [
+    ("The movie was", " wonderful, I loved it.", " dull and far too long."),
+    ("Acting", " superb.", " wooden, lifeless."),
+    ("Overall this film", " is a joy", " is a mess from start to finish"),
+    ("I", " would watch it again", " walked out"),
+]
+
+
+@pytest.fixture
+def setup():
+    tok = byte_tokenizer()
+    policy = disable_dropout(tiny_gpt2(seed=0))
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    batch = collate_pairs([encode_pair(tok, *p, max_length=64) for p in PAIRS], tok.pad_token_id)
+    return policy, reference, batch
+
+
+def test_step_zero_loss_is_ln2_with_zero_rewards(setup):
+    policy, reference, batch = setup
+    ref_chosen, ref_rejected = reference_logps(reference, batch)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+    metrics = dpo_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta=0.1)
+    assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["rewards/rejected"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_step_raises_the_chosen_minus_rejected_margin(setup):
+    policy, reference, batch = setup
+    ref_chosen, ref_rejected = reference_logps(reference, batch)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    before = dpo_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta=0.1)
+    with torch.no_grad():
+        chosen, rejected = concatenated_forward(policy, batch)
+    margins_after = 0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    assert margins_after.mean().item() > before["rewards/margins"] + 1e-3
+    # the reference really is frozen: its log-probs did not move
+    torch.testing.assert_close(reference_logps(reference, batch)[0], ref_chosen)
+
+
+def test_nan_loss_stops_before_the_weights_change(setup):
+    policy, _, batch = setup
+    before = [p.detach().clone() for p in policy.parameters()]
+    nan = torch.full((len(PAIRS),), float("nan"))
+    with pytest.raises(FloatingPointError, match="weights left unchanged"):
+        dpo_step(policy, torch.optim.SGD(policy.parameters(), lr=1.0), batch, nan, nan, beta=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
