@@ -1,0 +1,59 @@
+"""check_parameters on namespaces shaped like an IPython kernel's after papermill injection."""
+
+import pytest
+
+from dpo_core.notebook import ParameterError, check_parameters, require
+
+
+def kernel_namespace(injected="", **values):
+    """Declared: beta: float = 0.1, steps: int = 10, name: str = 'run', plot: bool = True."""
+    declared = {"beta": 0.1, "steps": 10, "name": "run", "plot": True}
+    ns = {"__annotations__": {"beta": float, "steps": int, "name": str, "plot": bool}, **declared}
+    history = ["", "beta: float = 0.1  # ...\nsteps: int = 10  # ..."]
+    if injected:
+        history.append("# Parameters\n" + injected)
+    ns["In"] = history
+    ns.update(values)
+    return ns
+
+
+def test_declared_defaults_pass_and_are_returned():
+    assert check_parameters(kernel_namespace()) == {"beta": 0.1, "steps": 10, "name": "run", "plot": True}
+
+
+def test_injected_known_parameter_passes_and_int_is_promoted_to_float():
+    ns = kernel_namespace("beta = 1\n", beta=1)
+    params = check_parameters(ns)
+    assert params["beta"] == 1.0 and isinstance(params["beta"], float) and isinstance(ns["beta"], float)
+
+
+def test_unknown_injected_parameter_names_the_closest_real_one():
+    with pytest.raises(ParameterError, match=r"unknown parameter 'stpes' \(did you mean 'steps'\?\)"):
+        check_parameters(kernel_namespace("stpes = 5\n", stpes=5))
+
+
+def test_variables_defined_by_later_cells_are_not_mistaken_for_parameters():
+    ns = kernel_namespace(loss=0.3)  # e.g. a rerun of the check after the notebook ran
+    ns["In"].append("loss = 0.3")
+    assert "loss" not in check_parameters(ns)
+
+
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("beta", "0.1", "'beta' must be float, got str"),
+        ("steps", 2.5, "'steps' must be int, got float"),
+        ("steps", True, "'steps' must be int, got bool"),
+        ("name", 3, r"'name' must be str, got int 3 \(pass strings with papermill -r"),
+        ("plot", "yes", "'plot' must be bool"),
+    ],
+)
+def test_wrong_types_are_rejected(name, value, match):
+    with pytest.raises(ParameterError, match=match):
+        check_parameters(kernel_namespace(f"{name} = {value!r}\n", **{name: value}))
+
+
+def test_require():
+    require(True, "never raised")
+    with pytest.raises(ParameterError, match="beta must be > 0"):
+        require(False, "beta must be > 0")

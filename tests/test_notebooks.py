@@ -1,0 +1,98 @@
+"""Notebook hygiene and smoke runs: every notebook is committed clean, declares its
+parameters properly, runs under papermill with the smoke parameters, and refuses an
+unknown parameter."""
+
+import ast
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PROFILES = ["smoke", "cpu", "paper"]
+PARAMETER_TYPES = {"int", "float", "str", "bool"}
+
+
+def code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def source(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def declared_parameters(path):
+    """{name: type name} from the parameters cell, parsed independently of papermill."""
+    tree = ast.parse(source(code_cells(path)[0]))
+    return {node.target.id: node.annotation.id for node in tree.body}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_or_execution_counts(path):
+    for cell in code_cells(path):
+        assert cell.get("outputs") == [], f"{path.name}: strip outputs before committing"
+        assert cell.get("execution_count") is None, f"{path.name}: strip execution counts before committing"
+    assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_is_first_and_only_and_holds_typed_commented_literals(path):
+    cells = code_cells(path)
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert tagged == [0], f"{path.name}: the first code cell, and only it, must be tagged 'parameters'"
+    text = source(cells[0])
+    tree = ast.parse(text)
+    lines = text.splitlines()
+    assert tree.body, "empty parameters cell"
+    for node in tree.body:
+        line = lines[node.lineno - 1]
+        assert isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name), f"not `name: type = value`: {line}"
+        assert isinstance(node.annotation, ast.Name) and node.annotation.id in PARAMETER_TYPES, f"type: {line}"
+        ast.literal_eval(node.value)  # literals only: raises on anything computed
+        assert "#" in line.split("=", 1)[1] and line.split("#", 1)[1].strip(), f"no comment: {line}"
+        assert node.end_lineno == node.lineno, f"one parameter per line: {line}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_params_file_exists_and_names_only_real_parameters(path, profile):
+    params_file = ROOT / "params" / profile / f"{path.stem}.yaml"
+    assert params_file.is_file(), f"missing {params_file.relative_to(ROOT)}"
+    overrides = yaml.safe_load(params_file.read_text()) or {}
+    declared = declared_parameters(path)
+    unknown = set(overrides) - set(declared)
+    assert not unknown, f"{params_file.relative_to(ROOT)} sets {sorted(unknown)}, not parameters of {path.name}"
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    for name, value in overrides.items():
+        assert isinstance(value, types[declared[name]]), f"{params_file.name}: {name} should be {declared[name]}"
+    # papermill's own reading of the cell agrees with ours
+    assert set(pm.inspect_notebook(str(path))) == set(declared)
+
+
+def execute(path, parameters, name):
+    out = ROOT / "build" / "smoke" / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(
+        str(path), str(out), parameters=parameters, kernel_name="python3", cwd=str(ROOT),
+        progress_bar=False, execution_timeout=600,
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_runs_under_papermill_with_smoke_parameters(path):
+    smoke = yaml.safe_load((ROOT / "params" / "smoke" / f"{path.stem}.yaml").read_text()) or {}
+    nb = execute(path, smoke, path.stem)
+    assert not nb.metadata.papermill.exception
+
+
+def test_a_misspelt_parameter_stops_the_run_with_a_clear_message():
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        execute(NOTEBOOKS[0], {"beat": 0.2}, "misspelt-parameter")
+    assert "unknown parameter 'beat' (did you mean 'beta'?)" in str(err.value)
