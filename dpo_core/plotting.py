@@ -1,0 +1,39 @@
+"""Figures in the paper's layout, drawn from result tables only."""
+
+import matplotlib.pyplot as plt
+
+METHOD_STYLE = {  # label, colour, marker; the paper's legend order
+    "dpo": ("DPO (ours)", "tab:red", "o"),
+    "ppo": ("PPO", "tab:blue", "s"),
+    "ppo_gt": ("PPO-GT", "tab:purple", "D"),
+    "unlikelihood": ("Unlikelihood", "tab:green", "^"),
+    "preferred_ft": ("Preferred-FT", "tab:orange", "v"),
+    "best_of_n": ("Best-of-N", "tab:brown", "P"),
+}
+
+
+def plot_reward_kl_frontier(frame, ax=None, reference_reward=None):
+    """Fig. 2 left: mean gold reward against sequence-level KL(pi || pi_ref), one series per
+    method, every evaluation of every run a point. `frame` needs columns method, kl, reward."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    for method, (label, colour, marker) in METHOD_STYLE.items():
+        rows = frame[frame.method == method]
+        if len(rows):
+            ax.scatter(rows.kl, rows.reward, label=label, color=colour, marker=marker, s=28, alpha=0.8)
+    if reference_reward is not None:
+        ax.axhline(reference_reward, color="grey", lw=0.8, ls="--", label=r"$\pi_\mathrm{ref}$ (SFT)")
+    ax.set(xlabel=r"KL$(\pi \,\|\, \pi_\mathrm{ref})$, summed over completion tokens", ylabel="mean gold reward",
+           title="IMDb sentiment generation: reward vs KL")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def save_figure(fig, fig_dir, name):
+    """Write `name`.png and `name`.pdf into fig_dir; returns the paths."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paths = [fig_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths

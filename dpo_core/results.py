@@ -1,0 +1,80 @@
+"""Run directories and the files in them, written atomically.
+
+Each notebook run writes only into results/<profile>/<notebook>/<run-name>/ (a root that
+smoke runs move to build/): params.json, metrics.csv (one row per evaluation),
+train_log.csv, samples.jsonl, and a FINISHED marker written last. Figure notebooks read
+only finished runs, so a run that died halfway never shows up as a result.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from dpo_core.notebook import repo_root
+
+
+def run_dir(results_root, profile, notebook, run_name):
+    """The run's directory (created), relative paths resolved from the repository root."""
+    root = Path(results_root)
+    path = (root if root.is_absolute() else repo_root() / root) / profile / notebook / run_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path, text):
+    """Write text to a temporary sibling, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_json(path, obj):
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def save_rows(path, rows):
+    """A list of dicts as CSV (columns from the union of keys, in first-seen order)."""
+    import pandas as pd
+
+    atomic_write(path, pd.DataFrame(rows).to_csv(index=False))
+
+
+def save_jsonl(path, rows):
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def start_run(path, params):
+    """Record the parameters and clear a previous FINISHED marker before a run starts."""
+    (Path(path) / "FINISHED").unlink(missing_ok=True)
+    save_json(Path(path) / "params.json", params)
+
+
+def finish_run(path):
+    atomic_write(Path(path) / "FINISHED", "")
+
+
+def load_metrics(results_root, profile, notebooks):
+    """metrics.csv of every finished run of the given notebooks as one DataFrame, with the
+    run's `notebook` and `run` and its params.json values added as columns."""
+    import pandas as pd
+
+    frames, unfinished = [], []
+    for notebook in notebooks:
+        base = run_dir(results_root, profile, notebook, ".").resolve()
+        for path in sorted(p for p in base.iterdir() if p.is_dir()):
+            if not (path / "FINISHED").exists():
+                unfinished.append(str(path))
+                continue
+            frame = pd.read_csv(path / "metrics.csv")
+            params = json.loads((path / "params.json").read_text())
+            frame = frame.assign(notebook=notebook, run=path.name,
+                                 **{k: v for k, v in params.items() if k not in frame.columns})
+            frames.append(frame)
+    if unfinished:
+        print(f"[results] skipping {len(unfinished)} unfinished run(s): {unfinished}")
+    if not frames:
+        raise FileNotFoundError(f"no finished runs of {notebooks} under {results_root}/{profile}; run them first")
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,86 @@
+"""Ancestral sampling from a causal LM with a KV cache, returning token ids.
+
+The IMDb experiment samples completions twice: to build preference pairs from pi_ref and
+to evaluate each policy. Both need *pure* sampling (temperature 1, no top-k, no top-p, no
+minimum length): anything else biases the KL estimate and can make it negative. Ids are
+returned, never text, so what is sampled is exactly what gets scored and trained on.
+
+Sampling draws by inverse CDF (one uniform per row, `searchsorted` on the cumulative
+probabilities): exact, and on CPU faster than `torch.multinomial` or Gumbel-max.
+"""
+
+import torch
+
+
+def draw(logits, temperature, generator=None):
+    """One token per row from softmax(logits / temperature); temperature 0 is argmax.
+    (B, V) -> (B,)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def left_pad(prompts, pad_token_id):
+    """Prompts (lists of ids) -> input_ids, attention_mask, position_ids, each (B, P), left-padded
+    so every row's last prompt token sits in the last column."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_token_id)
+    mask = torch.zeros(len(prompts), length, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, length - len(p) :] = torch.tensor(p)
+        mask[i, length - len(p) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, mask, position_ids
+
+
+@torch.no_grad()
+def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, pad_token_id=0,
+           generator=None, batch_size=64):
+    """Sample one completion per prompt.
+
+    Args:
+        prompts: list of prompts, each a non-empty list of token ids.
+        max_new_tokens: completion length cap; a completion that hits it has no EOS.
+        temperature: 1.0 is pure sampling (the paper's setting for pairs and KL), 0 is greedy.
+        eos_token_id: a completion stops after it (the EOS is kept, so it gets scored).
+        generator: a torch.Generator, for common random numbers across policies.
+    Returns:
+        list of completions (lists of ids), aligned with `prompts`.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        out += _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature,
+                             eos_token_id, pad_token_id, generator)
+    return out
+
+
+def _sample_batch(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator):
+    input_ids, mask, position_ids = left_pad(prompts, pad_token_id)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    next_position = position_ids[:, -1] + 1  # (B,)
+    tokens, done = [], torch.zeros(len(prompts), dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        token = draw(logits, temperature, generator).masked_fill(done, pad_token_id)  # (B,)
+        tokens.append(token)
+        if eos_token_id is not None:
+            done |= token == eos_token_id
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                    past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    ids = torch.stack(tokens, 1).tolist()  # (B, L)
+    completions = []
+    for row in ids:
+        if eos_token_id is not None and eos_token_id in row:
+            row = row[: row.index(eos_token_id) + 1]
+        completions.append(row)
+    return completions

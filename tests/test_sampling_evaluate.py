@@ -1,0 +1,104 @@
+"""The sampler against model.generate and the softmax it samples from; the KL estimators on
+a toy categorical; preference pairs and ties."""
+
+import math
+
+import pytest
+import torch
+
+from dpo_core.data import preference_pairs
+from dpo_core.evaluate import completion_batch, kl_from_logits, sequence_kl
+from dpo_core.sampling import draw, sample
+from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+
+PROMPTS = ["The film", "I", "Honestly, the acting was"]
+
+
+def encoded(tok):
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+
+
+def test_greedy_sampling_equals_generate_and_does_not_depend_on_the_batch():
+    model, tok = tiny_gpt2(seed=2), byte_tokenizer()
+    prompts = encoded(tok)
+    batched = sample(model, prompts, max_new_tokens=12, temperature=0, pad_token_id=tok.pad_token_id)
+    for prompt, completion in zip(prompts, batched):
+        alone = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=256,
+                               eos_token_id=None)
+        assert completion == alone[0, len(prompt):].tolist()
+
+
+def test_draw_follows_the_softmax():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(draw(logits, 1.0, g), minlength=4).double()
+    probs = torch.softmax(logits[0].double(), -1)
+    stderr = torch.sqrt(probs * (1 - probs) / 20000)
+    assert ((counts / 20000 - probs).abs() < 4 * stderr).all()
+    hot = torch.bincount(draw(logits, 0.5, g), minlength=4).double() / 20000
+    assert (hot - torch.softmax(logits[0].double() / 0.5, -1)).abs().max() < 0.02
+
+
+def test_sampling_is_reproducible_with_a_generator_and_stops_at_eos():
+    model, tok = tiny_gpt2(seed=2), byte_tokenizer()
+    a = sample(model, encoded(tok), 20, generator=torch.Generator().manual_seed(1), pad_token_id=256)
+    b = sample(model, encoded(tok), 20, generator=torch.Generator().manual_seed(1), pad_token_id=256)
+    assert a == b and all(len(c) == 20 for c in a)
+    # declare the 3rd token of the first row to be EOS: each row stops at its first EOS, keeping it
+    eos = a[0][2]
+    stopped = sample(model, encoded(tok), 20, eos_token_id=eos, generator=torch.Generator().manual_seed(1),
+                     pad_token_id=256)
+    for full, cut in zip(a, stopped):
+        assert cut == (full[: full.index(eos) + 1] if eos in full else full)
+    assert len(stopped[0]) <= 3
+
+
+def test_empty_prompt_is_a_clear_error():
+    with pytest.raises(ValueError, match="empty prompt"):
+        sample(tiny_gpt2(), [[]], 4)
+
+
+def toy_logits(B, T, V, seed):
+    """Position-independent logits: every step is the same categorical (a toy LM)."""
+    g = torch.Generator().manual_seed(seed)
+    row = torch.randn(V, generator=g, dtype=torch.float64) * 1.5
+    return row.expand(B, T, V).clone()
+
+
+def test_exact_kl_equals_the_monte_carlo_mean_on_a_toy_categorical():
+    B, T, V, prompt = 4000, 5, 6, 2
+    policy, reference = toy_logits(B, T, V, 0), toy_logits(B, T, V, 1)
+    g = torch.Generator().manual_seed(2)
+    labels = torch.multinomial(torch.softmax(policy[0, 0], -1), B * T, replacement=True, generator=g).view(B, T)
+    labels[:, :prompt] = -100
+    sampled, exact = kl_from_logits(policy, reference, labels)
+    p, q = torch.softmax(policy[0, 0], -1), torch.softmax(reference[0, 0], -1)
+    closed_form = (T - prompt) * (p * (p / q).log()).sum().item()  # completion tokens only
+    torch.testing.assert_close(exact, torch.full((B,), closed_form, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    stderr = sampled.std().item() / math.sqrt(B)
+    assert abs(sampled.mean().item() - closed_form) < 4 * stderr
+
+
+def test_kl_of_a_model_with_itself_is_zero_and_prompt_tokens_do_not_count():
+    model, tok = tiny_gpt2(seed=4), byte_tokenizer()
+    prompts = encoded(tok)
+    completions = sample(model, prompts, 8, generator=torch.Generator().manual_seed(0), pad_token_id=256)
+    sampled, exact = sequence_kl(model, model, prompts, completions, pad_token_id=256)
+    assert torch.all(sampled == 0) and torch.all(exact == 0)
+    # a reference that differs from the policy only while reading the prompt changes nothing
+    input_ids, _, labels = completion_batch(prompts, completions, 256)
+    policy_logits = toy_logits(3, input_ids.shape[1], 257, 0)
+    reference_logits = policy_logits.clone()
+    for i, p in enumerate(prompts):
+        reference_logits[i, : len(p) - 1] += torch.randn(len(p) - 1, 257).double()  # predicts prompt tokens
+    assert torch.all(kl_from_logits(policy_logits, reference_logits, labels)[1] == 0)
+    s2, e2 = sequence_kl(model, tiny_gpt2(seed=5), prompts, completions, pad_token_id=256)
+    assert (e2 > 0).all()
+
+
+def test_preference_pairs_all_six_with_ties_counted_and_dropped():
+    pairs, ties = preference_pairs([0.9, 0.1, 0.5, 0.3])
+    assert ties == 0 and len(pairs) == 6
+    assert set(pairs) == {(0, 1), (0, 2), (0, 3), (2, 1), (3, 1), (2, 3)}
+    pairs, ties = preference_pairs([0.7, 0.7, 0.2, 0.7])
+    assert ties == 3 and set(pairs) == {(0, 2), (1, 2), (3, 2)}
