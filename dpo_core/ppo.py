@@ -1,0 +1,104 @@
+"""PPO against a KL-penalised reward: the RLHF baseline DPO is compared with (Section 6).
+
+The paper's PPO follows Ziegler et al. (2019) / Stiennon et al. (2020), as in TRL's IMDb
+example: the reward of a completion is the (learned or gold) score at its last token minus a
+per-token KL penalty to pi_ref, advantages come from GAE over a value head, and the policy
+takes clipped-ratio steps. The KL coefficient adapts so that the KL tracks a target
+(the paper sweeps targets 3, 6, 9, 12).
+
+    kl_penalized_rewards   r_t = -kl_coef * (log pi - log pi_ref)_t, + score at the last token
+    gae                    generalised advantage estimation (Schulman et al., 2016)
+    ppo_policy_loss        the clipped surrogate objective (Schulman et al., 2017)
+    ppo_value_loss         the clipped value loss
+    AdaptiveKLController   Ziegler et al.'s proportional controller of the KL coefficient
+
+Tensors are (B, T) over completion positions with a (B, T) 0/1 `mask`; the last real
+token of row b is the last position where mask[b] is 1.
+"""
+
+import torch
+
+
+def masked_mean(values, mask):
+    return (values * mask).sum() / mask.sum()
+
+
+def last_token_index(mask):
+    """(B,) index of each row's last unmasked position."""
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    return (positions * mask).argmax(-1)
+
+
+def kl_penalized_rewards(scores, policy_logps, reference_logps, mask, kl_coef):
+    """Per-token rewards of Eq. 3 turned into an RL signal.
+
+    Args:
+        scores: (B,) the reward model's score of each full completion.
+        policy_logps, reference_logps: (B, T) log-probs of the sampled tokens.
+        mask: (B, T) 1 on completion tokens.
+        kl_coef: the current KL coefficient (beta of Eq. 3).
+    Returns:
+        rewards (B, T), and the per-token KL estimate (B, T) it penalised.
+    """
+    kl = (policy_logps - reference_logps) * mask
+    rewards = -kl_coef * kl
+    rewards[torch.arange(len(scores)), last_token_index(mask)] += scores
+    return rewards, kl
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalised advantage estimation, backwards over each completion.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V after the last token is 0),
+    A_t = delta_t + gamma * lam * A_{t+1}; returns R_t = A_t + V_t. Masked positions are 0.
+    (B, T) -> advantages (B, T), returns (B, T).
+    """
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(rewards.shape[0])
+    next_advantage = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = advantage * m
+        # past the end of a row, carry nothing back into its last real token
+        next_value = torch.where(m.bool(), values[:, t], torch.zeros_like(next_value))
+        next_advantage = torch.where(m.bool(), advantage, torch.zeros_like(next_advantage))
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values, mask, eps=1e-8):
+    """Zero-mean, unit-variance over the masked entries (advantage normalisation)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
+def ppo_policy_loss(logps, old_logps, advantages, mask, clip_range=0.2):
+    """The clipped surrogate: mean over tokens of max(-A r, -A clip(r, 1-e, 1+e)), r = pi/pi_old.
+    Returns (loss, fraction of tokens where the clip was active)."""
+    ratio = torch.exp(logps - old_logps)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction.item()
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip_range=0.2):
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped within clip_range of the old value."""
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon),
+    after each batch of n samples, so the sequence-level KL drifts toward `target`."""
+
+    def __init__(self, init_kl_coef=0.2, target=6.0, horizon=10000):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl, n_samples):
+        error = max(-0.2, min(0.2, current_kl / self.target - 1))
+        self.value *= 1 + error * n_samples / self.horizon
+        return self.value
