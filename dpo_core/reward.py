@@ -171,3 +171,47 @@ def finetune_sentiment_classifier(base_dir, train_set, out_dir, epochs=1, max_st
     (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
     print(f"[reward fine-tune] held-out quality: {json.dumps(quality)}")
     return report
+
+
+class ScalarRewardModel(torch.nn.Module):
+    """A learned reward r_phi(x, y): a causal LM's transformer body and a linear head on the
+    hidden state of the last real token, as the paper's RLHF baseline initialises its reward
+    model from the LM (App. C.1). Trained with the Bradley-Terry loss, Eq. 2."""
+
+    def __init__(self, causal_lm):
+        super().__init__()
+        self.body = causal_lm.base_model  # without the LM head
+        self.head = torch.nn.Linear(causal_lm.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)  # starts indifferent: every pair at p = 1/2
+
+    def forward(self, input_ids, attention_mask):
+        """(B, T) right-padded ids -> (B,) scores."""
+        from dpo_core.logprobs import position_ids_from_mask
+
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+        last = attention_mask.sum(-1) - 1  # (B,)
+        return self.head(hidden[torch.arange(len(last)), last]).squeeze(-1)
+
+    def score_pairs(self, batch):
+        """(chosen, rejected) scores of a collated preference batch, one forward pass."""
+        from dpo_core.logprobs import concatenated_inputs
+
+        inputs = concatenated_inputs(batch)
+        scores = self(inputs["input_ids"], inputs["attention_mask"])
+        n = batch["chosen_input_ids"].shape[0]
+        return scores[:n], scores[n:]
+
+    @torch.no_grad()
+    def score_ids(self, sequences, pad_token_id, batch_size=32):
+        """Scores of token-id sequences (prompt + completion), (N,)."""
+        from dpo_core.logprobs import pad_right
+
+        out = []
+        for start in range(0, len(sequences), batch_size):
+            rows = [torch.tensor(s) for s in sequences[start : start + batch_size]]
+            length = max(len(r) for r in rows)
+            mask = pad_right([torch.ones_like(r) for r in rows], length, 0)
+            out.append(self(pad_right(rows, length, pad_token_id), mask))
+        return torch.cat(out)
