@@ -102,3 +102,72 @@ class AdaptiveKLController:
         error = max(-0.2, min(0.2, current_kl / self.target - 1))
         self.value *= 1 + error * n_samples / self.horizon
         return self.value
+
+
+class ValueHead(torch.nn.Module):
+    """V(x, y_<t) from the policy's last hidden state at each position, (B, T, H) -> (B, T)."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden):
+        return self.linear(hidden).squeeze(-1)
+
+
+def policy_forward(policy, value_head, input_ids, attention_mask, labels):
+    """Per-token log-probs of the sampled tokens, the values at the positions that chose them,
+    and the completion mask, each (B, T-1) in the shifted (label) frame."""
+    from dpo_core.logprobs import position_ids_from_mask, token_logps
+
+    out = policy(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+    logps, mask = token_logps(out.logits, labels)
+    values = value_head(out.hidden_states[-1][:, :-1].float())
+    return logps, values, mask.float()
+
+
+def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_controller, tokenizer, max_new_tokens,
+             generator, ppo_epochs=2, minibatch_size=16, clip_range=0.2, vf_coef=0.1, gamma=1.0, lam=0.95):
+    """One PPO iteration: sample the prompts, score, compute KL-penalised advantages, then
+    `ppo_epochs` passes of clipped updates in minibatches. `score(prompts, completions)`
+    returns (B,) rewards (the learned reward model for PPO, the gold reward for PPO-GT)."""
+    from dpo_core.evaluate import completion_batch
+    from dpo_core.logprobs import position_ids_from_mask, token_logps
+    from dpo_core.sampling import sample
+
+    policy.eval()
+    completions = sample(policy, prompts, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, generator=generator)
+    input_ids, attention_mask, labels = completion_batch(prompts, completions, tokenizer.pad_token_id)
+    with torch.no_grad():
+        old_logps, old_values, mask = policy_forward(policy, value_head, input_ids, attention_mask, labels)
+        ref_logits = reference(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids_from_mask(attention_mask)).logits
+        ref_logps, _ = token_logps(ref_logits, labels)
+        scores = torch.as_tensor(score(prompts, completions), dtype=torch.float32)
+        rewards, kl = kl_penalized_rewards(scores, old_logps, ref_logps, mask, kl_controller.value)
+        advantages, returns = gae(rewards, old_values, mask, gamma, lam)
+        advantages = whiten(advantages, mask)
+    policy.train()
+    stats = []
+    for _ in range(ppo_epochs):
+        for idx in torch.randperm(len(prompts), generator=generator).split(minibatch_size):
+            logps, values, m = policy_forward(policy, value_head, input_ids[idx], attention_mask[idx], labels[idx])
+            policy_loss, clip_fraction = ppo_policy_loss(logps, old_logps[idx], advantages[idx], m, clip_range)
+            value_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, clip_range)
+            loss = policy_loss + vf_coef * value_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"PPO loss is {loss.item()}; weights left unchanged")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            stats.append((policy_loss.item(), value_loss.item(), clip_fraction))
+    sequence_kl = kl.sum(-1).mean().item()
+    metrics = {"score": scores.mean().item(), "kl_train": sequence_kl, "kl_coef": kl_controller.value,
+               "policy_loss": sum(s[0] for s in stats) / len(stats), "value_loss": sum(s[1] for s in stats) / len(stats),
+               "clip_fraction": sum(s[2] for s in stats) / len(stats)}
+    kl_controller.update(sequence_kl, len(prompts))
+    return metrics
