@@ -310,7 +310,9 @@ def split_corpus(dataset, test_size, seed):
     n_test = int(round(test_size * len(dataset))) if test_size < 1 else int(test_size)
     from datasets import DatasetDict
 
-    return DatasetDict(train=dataset.select(np.sort(order[n_test:])), test=dataset.select(np.sort(order[:n_test])))
+    # Both halves keep the shuffled order: the first N of either are a random sample
+    # (Pang & Lee's file is sorted by label, so its first reviews are all positive).
+    return DatasetDict(train=dataset.select(order[n_test:]), test=dataset.select(order[:n_test]))
 
 
 # ---------------------------------------------------------------- gold sentiment reward

@@ -43,6 +43,7 @@ def test_split_is_deterministic_and_disjoint(corpora):
     assert not set(first["train"]["text"]) & set(first["test"]["text"])
     assert assets.split_corpus(reviews, 0.2, seed=1)["test"]["text"] != first["test"]["text"]
     assert 100 < sum(first["test"]["label"]) < 200  # shuffled: the file itself is sorted by label
+    assert 8 < sum(first["train"]["label"][:32]) < 24  # and so is any prefix of either half
 
 
 def test_converted_smollm2_matches_the_gguf_loaded_model(tmp_path):
