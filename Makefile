@@ -60,9 +60,11 @@ assets: install
 # or parameter file reruns it and what depends on it, and `make -j` runs the sweep in parallel.
 R     := results/$(PROFILE)
 SWEEP := $(basename $(notdir $(wildcard params/$(PROFILE)/04_imdb_dpo_and_baselines/*.yaml)))
+PPO   := $(basename $(notdir $(wildcard params/$(PROFILE)/06_imdb_ppo/*.yaml)))
 RUN    = mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
+FIGURE := $(R)/08_fig_reward_kl_frontier/main/executed.ipynb
 
-figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(R)/07_fig_reward_kl_frontier/main/executed.ipynb
+figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE)
 	@echo "Figures are in figures/ (the smoke profile writes to build/smoke/figures); runs in $(R)/."
 
 $(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
@@ -81,10 +83,23 @@ $(R)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.i
 		params/$(PROFILE)/04_imdb_dpo_and_baselines/%.yaml $(R)/03_imdb_preferences/main/FINISHED
 	$(call RUN,04_imdb_dpo_and_baselines,params/$(PROFILE)/04_imdb_dpo_and_baselines/$*.yaml)
 
-$(R)/07_fig_reward_kl_frontier/main/executed.ipynb: notebooks/07_fig_reward_kl_frontier.ipynb \
-		params/$(PROFILE)/07_fig_reward_kl_frontier.yaml $(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED)
+$(R)/05_imdb_reward_model/main/FINISHED: notebooks/05_imdb_reward_model.ipynb params/$(PROFILE)/05_imdb_reward_model.yaml \
+		$(R)/03_imdb_preferences/main/FINISHED
+	$(call RUN,05_imdb_reward_model,params/$(PROFILE)/05_imdb_reward_model.yaml)
+
+$(R)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb params/$(PROFILE)/06_imdb_ppo/%.yaml \
+		$(R)/05_imdb_reward_model/main/FINISHED
+	$(call RUN,06_imdb_ppo,params/$(PROFILE)/06_imdb_ppo/$*.yaml)
+
+$(R)/07_imdb_best_of_n/main/FINISHED: notebooks/07_imdb_best_of_n.ipynb params/$(PROFILE)/07_imdb_best_of_n.yaml \
+		$(R)/05_imdb_reward_model/main/FINISHED
+	$(call RUN,07_imdb_best_of_n,params/$(PROFILE)/07_imdb_best_of_n.yaml)
+
+$(FIGURE): notebooks/08_fig_reward_kl_frontier.ipynb params/$(PROFILE)/08_fig_reward_kl_frontier.yaml \
+		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED) $(PPO:%=$(R)/06_imdb_ppo/%/FINISHED) \
+		$(R)/07_imdb_best_of_n/main/FINISHED
 	@mkdir -p $(@D)
-	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/07_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
+	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/08_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
 
 lab: install

@@ -110,3 +110,26 @@ def require_finished(path):
     if not (Path(path) / "FINISHED").exists():
         raise FileNotFoundError(f"{path} has not finished; run its notebook (or `make figures`) first")
     return Path(path)
+
+
+def save_trained_parameters(module, path):
+    """The parameters that require grad (the trained top layers, heads), as safetensors:
+    a few tens of MB instead of the whole model."""
+    from safetensors.torch import save_file
+
+    tensors = {name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}
+    tmp = Path(path).with_name(f".{Path(path).name}.partial")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_trained_parameters(module, path):
+    """Load what `save_trained_parameters` wrote into a module of the same architecture."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    unknown = set(tensors) - dict(module.named_parameters()).keys()
+    if unknown:
+        raise ValueError(f"{path} holds parameters this module does not have: {sorted(unknown)[:5]}")
+    module.load_state_dict(tensors, strict=False)
+    return module
