@@ -133,3 +133,36 @@ def load_trained_parameters(module, path):
         raise ValueError(f"{path} holds parameters this module does not have: {sorted(unknown)[:5]}")
     module.load_state_dict(tensors, strict=False)
     return module
+
+
+def stage_durations(results_root, profile):
+    """Wall time of every executed run under results_root/profile, from the duration papermill
+    records in each run's executed.ipynb: a list of (notebook, run, seconds)."""
+    base = run_dir(results_root, profile, ".", ".").resolve()
+    rows = []
+    for path in sorted(base.glob("*/*/executed.ipynb")):
+        duration = json.loads(path.read_text())["metadata"].get("papermill", {}).get("duration")
+        if duration is not None:
+            rows.append((path.parent.parent.name, path.parent.name, float(duration)))
+    return rows
+
+
+def markdown_table(rows, columns):
+    """A list of dicts as a GitHub markdown table of the given columns (floats to 3 decimals)."""
+    def cell(value):
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def git_commit():
+    """The repository's HEAD commit (short), marked '+changes' when the work tree differs."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
