@@ -3,6 +3,7 @@
 #   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
+#   make bench                 dpo_core against TRL and model.generate: bench/RESULTS.md
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
 
@@ -21,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test unit nbval assets figures lab clean distclean
+.PHONY: install test unit nbval assets figures bench lab clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +102,13 @@ $(FIGURE): notebooks/08_fig_reward_kl_frontier.ipynb params/$(PROFILE)/08_fig_re
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/08_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
+
+# Speed and memory side by side with TRL (a dev-only dependency), on the tiny model and the
+# cpu policy; writes bench/RESULTS.md. Not part of `make test`: timings are never tests.
+bench: assets
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) bench/bench_dpo.py --model tiny --steps 10
+	$(PY) bench/bench_dpo.py --model smollm2-135m --steps 6
 
 lab: install
 	$(PY) -m jupyter lab notebooks/
