@@ -159,6 +159,18 @@ def hub_source(name):
     return str(Path(mirror) / hub_id) if mirror else hub_id
 
 
+def prepared_source(kind, name, local_name, local_dir):
+    """Where `from_pretrained` should load `name` from: the prepared folder of the one local
+    asset of this kind (which must be complete), or the hub (or its mirror) for `hub:<id>`."""
+    if name == local_name:
+        if not (local_dir / "config.json").is_file():
+            raise AssetMissing(f"{kind} {name!r} is not prepared in {local_dir}; " + PREPARE_HINT.format(name=name))
+        return local_dir
+    if name.startswith("hub:"):
+        return hub_source(name)
+    raise ValueError(f"unknown {kind} {name!r}; use 'tiny', {local_name!r} or 'hub:<id>'")
+
+
 # ---------------------------------------------------------------- policy language models
 
 def smollm2_dir():
@@ -213,14 +225,7 @@ def load_policy(name):
         from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 
         return tiny_gpt2(), byte_tokenizer()
-    if name == "smollm2-135m":
-        source = smollm2_dir()
-        if not (source / "config.json").is_file():
-            raise AssetMissing(f"model {name!r} is not prepared in {source}; " + PREPARE_HINT.format(name=name))
-    elif name.startswith("hub:"):
-        source = hub_source(name)
-    else:
-        raise ValueError(f"unknown model {name!r}; use 'tiny', 'smollm2-135m' or 'hub:<id>'")
+    source = prepared_source("model", name, "smollm2-135m", smollm2_dir())
     model = AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
@@ -366,15 +371,8 @@ def load_reward(name, **kwargs):
 
     if name == "tiny":
         return SentimentReward(*tiny_classifier(), **kwargs)
-    if name == "minilm-sentiment":
-        source = minilm_sentiment_dir()
-        if not (source / "config.json").is_file():
-            raise AssetMissing(f"reward {name!r} is not prepared in {source}; " + PREPARE_HINT.format(name=name))
-    elif name.startswith("hub:"):
-        source = hub_source(name)
-    else:
-        raise ValueError(f"unknown reward {name!r}; use 'tiny', 'minilm-sentiment' or 'hub:<id>'")
-    return SentimentReward.from_pretrained(source, **kwargs)
+    return SentimentReward.from_pretrained(prepared_source("reward", name, "minilm-sentiment", minilm_sentiment_dir()),
+                                           **kwargs)
 
 
 # ---------------------------------------------------------------- make assets

@@ -84,8 +84,10 @@ def save_model(model, tokenizer, path):
     """save_pretrained into a temporary sibling folder, renamed into place when complete."""
     import shutil
 
+    from dpo_core.assets import atomic_path
+
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = atomic_path(path)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
