@@ -18,6 +18,9 @@ token of row b is the last position where mask[b] is 1.
 
 import torch
 
+from dpo_core.frozen import bottom_hidden, final_hidden, lm_logits
+from dpo_core.logprobs import token_logps
+
 
 def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum()
@@ -117,25 +120,37 @@ class ValueHead(torch.nn.Module):
         return self.linear(hidden).squeeze(-1)
 
 
-def policy_forward(policy, value_head, input_ids, attention_mask, labels):
-    """Per-token log-probs of the sampled tokens, the values at the positions that chose them,
-    and the completion mask, each (B, T-1) in the shifted (label) frame."""
-    from dpo_core.logprobs import position_ids_from_mask, token_logps
+def normalized(score, reference_scores):
+    """The score rescaled to mean 0 and variance 1 over samples of the initial policy, as Ziegler
+    et al. (2019, Sec. 2.2) do, so that a KL coefficient weighs the same for any reward scale
+    (our learned reward model's raw scores spread about 0.05, the gold reward's about 0.3)."""
+    mean, std = reference_scores.mean().item(), reference_scores.std().item()
+    if not std > 0:
+        raise ValueError("the reference samples all score the same; cannot normalise the reward")
+    return lambda prompts, completions: (torch.as_tensor(score(prompts, completions)).float() - mean) / std
 
-    out = policy(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
-    logps, mask = token_logps(out.logits, labels)
-    values = value_head(out.hidden_states[-1][:, :-1].float())
+
+def policy_forward(policy, value_head, input_ids, attention_mask, labels, bottom=None, n_top=0):
+    """Per-token log-probs of the sampled tokens, the values at the positions that chose them,
+    and the completion mask, each (B, T-1) in the shifted (label) frame. With `bottom`
+    (frozen-bottom states, see frozen.py) only the top n_top blocks run."""
+    hidden = final_hidden(policy, input_ids, attention_mask, bottom, n_top)  # (B, T, H)
+    logps, mask = token_logps(lm_logits(policy, hidden), labels)
+    values = value_head(hidden[:, :-1].float())
     return logps, values, mask.float()
 
 
 def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_controller, tokenizer, max_new_tokens,
-             generator, ppo_epochs=2, minibatch_size=16, clip_range=0.2, vf_coef=0.1, gamma=1.0, lam=0.95):
+             generator, ppo_epochs=2, minibatch_size=16, clip_range=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, n_top=0):
     """One PPO iteration: sample the prompts, score, compute KL-penalised advantages, then
     `ppo_epochs` passes of clipped updates in minibatches. `score(prompts, completions)`
-    returns (B,) rewards (the learned reward model for PPO, the gold reward for PPO-GT)."""
+    returns (B,) rewards (the learned reward model for PPO, the gold reward for PPO-GT).
+
+    n_top > 0 (only the top n_top blocks trained, `train.train_top_layers`): the frozen bottom
+    runs once per rollout batch and its states serve pi, pi_ref (whose bottom is the same
+    frozen weights) and every minibatch pass.
+    """
     from dpo_core.evaluate import completion_batch
-    from dpo_core.logprobs import position_ids_from_mask, token_logps
     from dpo_core.sampling import sample
 
     policy.eval()
@@ -143,10 +158,10 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
                          pad_token_id=tokenizer.pad_token_id, generator=generator)
     input_ids, attention_mask, labels = completion_batch(prompts, completions, tokenizer.pad_token_id)
     with torch.no_grad():
-        old_logps, old_values, mask = policy_forward(policy, value_head, input_ids, attention_mask, labels)
-        ref_logits = reference(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids_from_mask(attention_mask)).logits
-        ref_logps, _ = token_logps(ref_logits, labels)
+        bottom = bottom_hidden(policy, input_ids, attention_mask, n_top) if n_top else None  # (B, T, H)
+        old_logps, old_values, mask = policy_forward(policy, value_head, input_ids, attention_mask, labels, bottom, n_top)
+        ref_hidden = final_hidden(reference, input_ids, attention_mask, bottom, n_top)
+        ref_logps, _ = token_logps(lm_logits(reference, ref_hidden), labels)
         scores = torch.as_tensor(score(prompts, completions), dtype=torch.float32)
         rewards, kl = kl_penalized_rewards(scores, old_logps, ref_logps, mask, kl_controller.value)
         advantages, returns = gae(rewards, old_values, mask, gamma, lam)
@@ -155,7 +170,8 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
     stats = []
     for _ in range(ppo_epochs):
         for idx in torch.randperm(len(prompts), generator=generator).split(minibatch_size):
-            logps, values, m = policy_forward(policy, value_head, input_ids[idx], attention_mask[idx], labels[idx])
+            logps, values, m = policy_forward(policy, value_head, input_ids[idx], attention_mask[idx], labels[idx],
+                                              None if bottom is None else bottom[idx], n_top)
             policy_loss, clip_fraction = ppo_policy_loss(logps, old_logps[idx], advantages[idx], m, clip_range)
             value_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, clip_range)
             loss = policy_loss + vf_coef * value_loss

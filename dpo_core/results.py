@@ -22,6 +22,12 @@ def run_dir(results_root, profile, notebook, run_name):
     return path
 
 
+def cache_dir(results_root, profile):
+    """results_root/profile/cache: content-addressed tensors shared by the runs of a profile
+    (frozen-bottom hidden states); safe to delete."""
+    return run_dir(results_root, profile, "cache", ".").resolve()
+
+
 def atomic_write(path, text):
     """Write text to a temporary sibling, then rename it over `path`."""
     path = Path(path)

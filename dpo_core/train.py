@@ -41,10 +41,13 @@ def dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, p
     }
 
 
-def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0):
+def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0,
+             forward=concatenated_forward):
     """One optimizer step of Eq. 7 on a collated preference batch; returns the metrics
-    measured before the update. A non-finite loss stops before the weights change."""
-    policy_chosen_logps, policy_rejected_logps = concatenated_forward(policy, batch)
+    measured before the update. A non-finite loss stops before the weights change.
+    `forward(policy, batch)` -> (chosen, rejected) log-probs; `frozen.concatenated_top_forward`
+    runs only the trained top on cached bottom states."""
+    policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         policy_chosen_logps,
         policy_rejected_logps,
@@ -88,10 +91,10 @@ def train_top_layers(model, n_layers):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def reference_free_step(policy, optimizer, batch, objective):
+def reference_free_step(policy, optimizer, batch, objective, forward=concatenated_forward):
     """One optimizer step of a baseline that needs no reference model (Preferred-FT,
     Unlikelihood): `objective(policy_chosen_logps, policy_rejected_logps)` -> (B,) losses."""
-    policy_chosen_logps, policy_rejected_logps = concatenated_forward(policy, batch)
+    policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
     loss = objective(policy_chosen_logps, policy_rejected_logps).mean()
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}; weights left unchanged (lower the learning rate?)")

@@ -107,3 +107,50 @@ def test_ppo_step_on_the_tiny_model_raises_a_simple_score():
         last = ppo_step(policy, value_head, reference, optimizer, prompts, score, controller, tok, 8, g)
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
     assert last["score"] > first["score"] + 0.1, (first, last)
+
+
+def test_ppo_step_on_cached_frozen_bottom_equals_the_full_forward():
+    """The frozen-bottom path of ppo_step (n_top) against the plain one: same rollouts, same
+    statistics and the same weights after one iteration."""
+    import copy
+
+    from dpo_core.ppo import ValueHead, ppo_step
+    from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+    from dpo_core.train import train_top_layers
+
+    tok = byte_tokenizer()
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Hi", "The", "So", "Why"] * 2]
+
+    def score(prompts, completions):
+        return [sum(t < 128 for t in c) / len(c) for c in completions]
+
+    def one_iteration(n_top):
+        policy = tiny_gpt2(seed=0, n_layer=3)
+        reference = copy.deepcopy(policy).requires_grad_(False)
+        train_top_layers(policy, 1)
+        torch.manual_seed(0)
+        value_head = ValueHead(policy.config.n_embd)
+        trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+        optimizer = torch.optim.Adam(trainable, lr=1e-2)
+        stats = ppo_step(policy, value_head, reference, optimizer, prompts, score, AdaptiveKLController(0.1, 6.0),
+                         tok, 6, torch.Generator().manual_seed(0), ppo_epochs=2, minibatch_size=4, n_top=n_top)
+        return stats, [p.detach().clone() for p in trainable]
+
+    cached_stats, cached_weights = one_iteration(n_top=1)
+    plain_stats, plain_weights = one_iteration(n_top=0)
+    assert cached_stats == pytest.approx(plain_stats, rel=1e-4, abs=1e-6)
+    for a, b in zip(cached_weights, plain_weights):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_normalized_score_has_zero_mean_unit_variance_on_the_reference_samples():
+    from dpo_core.ppo import normalized
+
+    reference_scores = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    score = normalized(lambda prompts, completions: torch.tensor(completions), reference_scores)
+    out = score(None, [0.2, 0.4, 0.6, 0.8])
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std().item() == pytest.approx(1.0, abs=1e-6)
+    assert score(None, [0.5]).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="all score the same"):
+        normalized(score, torch.tensor([0.3, 0.3]))
