@@ -1,0 +1,185 @@
+"""Judges for win rates (Fig. 2 right, Fig. 3): is a policy's completion better than a reference text?
+
+Every judge has one method, `judge(contexts, candidates, references) -> list of verdicts`, one
+verdict per item: "win" (the candidate is better), "loss", "tie" or "invalid" (a reply that
+could not be parsed). Nothing is guessed: ties and invalid replies are counted and reported.
+
+    GoldRewardJudge   offline: the gold sentiment classifier says which text is more positive
+    ChatJudge         the paper's GPT-4 judge (App. C.2 prompts) over any OpenAI-compatible
+                      chat-completions endpoint; random A/B order, strict parsing, retries,
+                      replies cached on disk; the API key is read from the environment only
+    win_rate          verdicts -> win rate with its binomial standard error
+"""
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+VERDICTS = ("win", "loss", "tie", "invalid")
+
+
+def win_rate(verdicts):
+    """Win rate over the valid verdicts, a tie counting half, with the binomial standard error
+    sqrt(p (1 - p) / n). Returns a dict with the counts of each verdict too."""
+    counts = {v: sum(1 for x in verdicts if x == v) for v in VERDICTS}
+    unknown = set(verdicts) - set(VERDICTS)
+    if unknown:
+        raise ValueError(f"unknown verdicts {sorted(unknown)}; expected one of {VERDICTS}")
+    n = counts["win"] + counts["loss"] + counts["tie"]
+    rate = (counts["win"] + 0.5 * counts["tie"]) / n if n else float("nan")
+    stderr = math.sqrt(rate * (1 - rate) / n) if n else float("nan")
+    return {"win_rate": rate, "stderr": stderr, "n": n, **{f"n_{v}": c for v, c in counts.items()}}
+
+
+class GoldRewardJudge:
+    """The candidate wins when the gold classifier finds context + candidate more positive than
+    context + reference (compared on the log-odds, so saturated probabilities still differ;
+    exactly equal scores are a tie). An offline stand-in for the paper's GPT-4: it judges
+    sentiment only, not fluency or relevance."""
+
+    name = "gold-reward"
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def judge(self, contexts, candidates, references):
+        scores = self.reward.logits([c + x for c, x in zip(contexts, candidates)] +
+                                    [c + r for c, r in zip(contexts, references)])
+        n = len(candidates)
+        return ["win" if a > b else "loss" if a < b else "tie" for a, b in zip(scores[:n].tolist(), scores[n:].tolist())]
+
+
+# App. C.2, verbatim. {context}, {a}, {b} are filled in; the last line names the verdict field.
+PROMPTS = {
+    "summarization": (
+        "Which of the following summaries does a better job of summarizing the most important points in the "
+        "given forum post?\n\nPost:\n{context}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
+        "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
+        'SECOND, on a new line, state only "A" or "B" to indicate your choice. Your response should use the format:\n'
+        'Comparison: <one-sentence comparison and explanation>\nPreferred: <"A" or "B">',
+        "Preferred",
+    ),
+    "summarization_concise": (
+        "Which of the following summaries does a better job of summarizing the most important points in the "
+        "given forum post, without including unimportant or irrelevant details? A good summary is both precise "
+        "and concise.\n\nPost:\n{context}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\n"
+        "FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and why. "
+        'SECOND, on a new line, state only "A" or "B" to indicate your choice. Your response should use the format:\n'
+        'Comparison: <one-sentence comparison and explanation>\nPreferred: <"A" or "B">',
+        "Preferred",
+    ),
+    "dialogue": (
+        "For the following query to a chatbot, which response is more helpful?\n\nQuery: {context}\n\n"
+        "Response A:\n{a}\n\nResponse B:\n{b}\n\n"
+        "FIRST provide a one-sentence comparison of the two responses and explain which you feel is more helpful. "
+        'SECOND, on a new line, state only "A" or "B" to indicate which response is more helpful. '
+        "Your response should use the format:\n"
+        'Comparison: <one-sentence comparison and explanation>\nMore helpful: <"A" or "B">',
+        "More helpful",
+    ),
+}
+
+
+class JudgeError(RuntimeError):
+    pass
+
+
+def parse_choice(reply, field):
+    """'A' or 'B' from the line `<field>: A` (quotes allowed), or None when the reply has no such
+    line or more than one: malformed replies are counted, never guessed."""
+    found = re.findall(rf'^\s*{re.escape(field)}:\s*"?([AB])"?\s*\.?\s*$', reply or "", flags=re.MULTILINE)
+    return found[0] if len(found) == 1 else None
+
+
+class ChatJudge:
+    """GPT-4-style pairwise judge over `POST {base_url}/chat/completions`.
+
+    Args:
+        task: a key of PROMPTS (summarization, summarization_concise, dialogue).
+        model: the judge model name (the paper: gpt-4-0314).
+        base_url: an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1.
+        cache_dir: replies are stored here by a hash of the request, so a rerun costs nothing.
+        api_key_env: the environment variable that holds the key; the key is never stored.
+        seed: decides, per item, whether the candidate is shown as A or as B.
+    """
+
+    name = "chat"
+
+    def __init__(self, task, model, base_url, cache_dir, api_key_env="OPENAI_API_KEY", seed=0,
+                 max_retries=5, backoff_s=1.0, timeout_s=60.0, max_tokens=256):
+        if task not in PROMPTS:
+            raise ValueError(f"unknown judge task {task!r}; choose one of {sorted(PROMPTS)}")
+        self.task, self.model, self.base_url = task, model, base_url.rstrip("/")
+        self.cache_dir, self.api_key_env, self.seed = Path(cache_dir), api_key_env, seed
+        self.max_retries, self.backoff_s, self.timeout_s, self.max_tokens = max_retries, backoff_s, timeout_s, max_tokens
+
+    def candidate_is_a(self, index):
+        """The seeded coin that puts the candidate first (as A) for item `index`."""
+        return random.Random(f"{self.seed}:{index}").random() < 0.5
+
+    def prompt(self, context, a, b):
+        template, _ = PROMPTS[self.task]
+        return template.format(context=context, a=a, b=b)
+
+    def judge(self, contexts, candidates, references):
+        _, field = PROMPTS[self.task]
+        verdicts = []
+        for i, (context, candidate, reference) in enumerate(zip(contexts, candidates, references)):
+            first = self.candidate_is_a(i)
+            a, b = (candidate, reference) if first else (reference, candidate)
+            choice = parse_choice(self.complete(self.prompt(context, a, b)), field)
+            if choice is None:
+                verdicts.append("invalid")
+            else:
+                verdicts.append("win" if (choice == "A") == first else "loss")
+        return verdicts
+
+    def complete(self, prompt):
+        """The judge's reply to one prompt, from the cache or the endpoint."""
+        request = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                   "temperature": 0, "max_tokens": self.max_tokens}
+        key = hashlib.sha256(json.dumps([self.base_url, request], sort_keys=True).encode()).hexdigest()
+        path = self.cache_dir / f"{key}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["reply"]
+            except (ValueError, KeyError):
+                print(f"[judge] {path} is corrupt; asking again")
+        reply = self._post(request)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps({"request": request, "reply": reply}))
+        os.replace(tmp, path)
+        return reply
+
+    def _post(self, request):
+        api_key = os.environ.get(self.api_key_env)
+        if not api_key:
+            raise JudgeError(f"the judge needs an API key in ${self.api_key_env} (read from the environment only, "
+                             "never from parameters); export it and run again")
+        data = json.dumps(request).encode()
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
+        for attempt in range(self.max_retries + 1):
+            try:
+                req = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
+                    body = json.loads(response.read())
+                return body["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as error:
+                retryable = error.code == 429 or error.code >= 500
+                if not retryable or attempt == self.max_retries:
+                    raise JudgeError(f"judge endpoint answered HTTP {error.code} ({error.reason}) "
+                                     f"after {attempt + 1} attempt(s)") from None
+                wait = float(error.headers.get("Retry-After") or self.backoff_s * 2**attempt)
+            except (urllib.error.URLError, TimeoutError) as error:
+                if attempt == self.max_retries:
+                    raise JudgeError(f"judge endpoint unreachable after {attempt + 1} attempt(s): {error}") from None
+                wait = self.backoff_s * 2**attempt
+            time.sleep(wait)
