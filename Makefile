@@ -62,10 +62,12 @@ assets: install
 R     := results/$(PROFILE)
 SWEEP := $(basename $(notdir $(wildcard params/$(PROFILE)/04_imdb_dpo_and_baselines/*.yaml)))
 PPO   := $(basename $(notdir $(wildcard params/$(PROFILE)/06_imdb_ppo/*.yaml)))
+WINS  := $(basename $(notdir $(wildcard params/$(PROFILE)/09_imdb_win_rates/*.yaml)))
 RUN    = mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
 FIGURE := $(R)/08_fig_reward_kl_frontier/main/executed.ipynb
+WINFIG := $(R)/10_fig_win_rates/main/executed.ipynb
 
-figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE)
+figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE) $(WINFIG)
 	@echo "Figures are in figures/ (the smoke profile writes to build/smoke/figures); runs in $(R)/."
 
 $(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
@@ -101,6 +103,18 @@ $(FIGURE): notebooks/08_fig_reward_kl_frontier.ipynb params/$(PROFILE)/08_fig_re
 		$(R)/07_imdb_best_of_n/main/FINISHED
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/08_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
+	mv $(@D)/executing.ipynb $@
+
+# Win rates need the trained policies (04, 06) and the reward model (Best-of-N).
+$(R)/09_imdb_win_rates/%/FINISHED: notebooks/09_imdb_win_rates.ipynb params/$(PROFILE)/09_imdb_win_rates/%.yaml \
+		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED) $(PPO:%=$(R)/06_imdb_ppo/%/FINISHED)
+	$(call RUN,09_imdb_win_rates,params/$(PROFILE)/09_imdb_win_rates/$*.yaml)
+
+# After the frontier figure: both write figures/README.md, 10 only its own section.
+$(WINFIG): notebooks/10_fig_win_rates.ipynb params/$(PROFILE)/10_fig_win_rates.yaml \
+		$(WINS:%=$(R)/09_imdb_win_rates/%/FINISHED) $(FIGURE)
+	@mkdir -p $(@D)
+	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/10_fig_win_rates.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
 
 # Speed and memory side by side with TRL (a dev-only dependency), on the tiny model and the

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PROFILES = ["smoke", "cpu", "paper"]
-PARAMETER_TYPES = {"int", "float", "str", "bool"}
+PARAMETER_TYPES = {"int", "float", "str", "bool", "list"}
 
 
 def code_cells(path):
@@ -82,7 +82,7 @@ def test_params_file_exists_and_names_only_real_parameters(path, profile):
     files = params_files(path, profile)
     assert files, f"no params/{profile}/{path.stem}.yaml (or params/{profile}/{path.stem}/*.yaml)"
     declared = declared_parameters(path)
-    types = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}
     for params_file in files:
         overrides = yaml.safe_load(params_file.read_text()) or {}
         unknown = set(overrides) - set(declared)
