@@ -166,11 +166,12 @@ def markdown_table(rows, columns):
 
 
 def git_commit():
-    """The repository's HEAD commit (short), marked '+changes' when the work tree differs."""
+    """The repository's HEAD commit (short), marked '+changes' when tracked files differ from it
+    (the regenerated figures/ themselves excepted: writing them must not mark their own run dirty)."""
     import subprocess
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!figures") else "")
