@@ -19,7 +19,6 @@ embedding output unchanged through `inputs_embeds`.
 
 import contextlib
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -159,7 +158,9 @@ def cached_states(cache_dir, model, sequences, n_top, pad_token_id, batch_size=3
     same frozen weights and tokens made them already (written to a temporary name, then
     renamed; an unreadable file is recomputed)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from dpo_core.results import save_tensors
 
     path = Path(cache_dir) / f"bottom-{fingerprint(model, n_top, sequences)[:24]}.safetensors"
     if path.is_file():
@@ -170,7 +171,5 @@ def cached_states(cache_dir, model, sequences, n_top, pad_token_id, batch_size=3
             print(f"[frozen] {path} is unreadable ({error}); recomputing it")
     states = bottom_states(model, sequences, n_top, pad_token_id, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file({"states": torch.cat(states).contiguous(), "lengths": torch.tensor([len(s) for s in states])}, str(tmp))
-    os.replace(tmp, path)
+    save_tensors(path, {"states": torch.cat(states).contiguous(), "lengths": torch.tensor([len(s) for s in states])})
     return states

@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dpo_core.results import atomic_write
+
 VERDICTS = ("win", "loss", "tie", "invalid")
 
 
@@ -154,9 +156,7 @@ class ChatJudge:
                 print(f"[judge] {path} is corrupt; asking again")
         reply = self._post(request)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps({"request": request, "reply": reply}))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"request": request, "reply": reply}))
         return reply
 
     def _post(self, request):

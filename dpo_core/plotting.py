@@ -9,6 +9,7 @@ METHOD_STYLE = {  # label, colour, marker; the paper's legend order
     "unlikelihood": ("Unlikelihood", "tab:green", "^"),
     "preferred_ft": ("Preferred-FT", "tab:orange", "v"),
     "best_of_n": ("Best-of-N", "tab:brown", "P"),
+    "sft": ("pi_ref (SFT)", "grey", "x"),  # win rates only; the frontier draws pi_ref as a line
 }
 
 
@@ -40,7 +41,7 @@ def save_figure(fig, fig_dir, name):
 
 
 def series_label(method, setting):
-    label = {"sft": "pi_ref (SFT)"}.get(method) or METHOD_STYLE.get(method, (method, None, None))[0]
+    label = METHOD_STYLE.get(method, (method, None, None))[0]
     named = {"dpo": "beta", "unlikelihood": "alpha", "ppo": "target KL", "ppo_gt": "target KL", "best_of_n": "N"}
     return f"{label}, {named[method]} {setting:g}" if method in named else label
 
@@ -50,10 +51,9 @@ def plot_win_rates(frame, ax=None, x="temperature"):
     standard-error bars, one line per (method, setting). Columns: method, setting, x, win_rate, stderr."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4.5))
-    style = dict(METHOD_STYLE, sft=("pi_ref (SFT)", "grey", "x"))
     betas = sorted(frame[frame.method == "dpo"].setting.unique())
     for (method, setting), rows in frame.sort_values(x).groupby(["method", "setting"], sort=True):
-        _, colour, marker = style.get(method, (method, None, "o"))
+        _, colour, marker = METHOD_STYLE.get(method, (method, None, "o"))
         if method == "dpo" and len(betas) > 1:  # one shade of red per beta, darker = larger beta
             colour = plt.cm.Reds(0.4 + 0.6 * betas.index(setting) / (len(betas) - 1))
         ax.errorbar(rows[x], rows.win_rate, yerr=rows.stderr, label=series_label(method, setting), marker=marker,

@@ -120,15 +120,21 @@ def require_finished(path):
     return Path(path)
 
 
+def save_tensors(path, tensors):
+    """A dict of tensors as safetensors, written to a temporary sibling (unique per process,
+    so parallel runs never share one) and renamed into place."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
 def save_trained_parameters(module, path):
     """The parameters that require grad (the trained top layers, heads), as safetensors:
     a few tens of MB instead of the whole model."""
-    from safetensors.torch import save_file
-
-    tensors = {name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad}
-    tmp = Path(path).with_name(f".{Path(path).name}.partial")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    save_tensors(path, {name: p.detach().contiguous() for name, p in module.named_parameters() if p.requires_grad})
 
 
 def load_trained_parameters(module, path):
