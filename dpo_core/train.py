@@ -132,7 +132,7 @@ def pair_batches(n_pairs, batch_size, n_steps, seed):
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
 
 
-def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10):
+def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10, checkpoint=None):
     """The loop shared by DPO and the offline baselines.
 
     Args:
@@ -140,16 +140,35 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
         pairs: number of preference pairs available.
         evaluate: `evaluate(step_number)` returns the metrics of one frontier point; called
             before training, every `eval_every` steps and after the last step.
+        checkpoint: a `checkpoint.Checkpoint`; the loop resumes from it when it holds a state of
+            this run, and saves to it every `checkpoint.every` steps and after the last.
     Returns:
         (train_log, eval_rows): lists of dicts, one per step and one per evaluation.
     """
-    train_log, eval_rows = [], [{"step": 0, **evaluate(0)}]
-    print(f"step 0: {eval_rows[-1]}")
-    for i, indices in enumerate(pair_batches(pairs, batch_size, n_steps, seed), start=1):
-        train_log.append({"step": i, **step(indices)})
+    resumed = checkpoint.restore() if checkpoint is not None else None
+    if resumed is None:
+        first, train_log, eval_rows = 1, [], [{"step": 0, **evaluate(0)}]
+        print(f"step 0: {eval_rows[-1]}")
+    else:
+        done, train_log, eval_rows = resumed
+        first = done + 1
+    last_saved = None if resumed is None else first - 1
+    batches = pair_batches(pairs, batch_size, n_steps, seed)  # a pure function of the seed: the data position is the step
+    for i in range(first, n_steps + 1):
+        try:
+            train_log.append({"step": i, **step(batches[i - 1])})
+        except FloatingPointError as err:
+            if checkpoint is None:
+                raise FloatingPointError(f"step {i}: {err}") from err
+            saved = f"holds step {last_saved}" if last_saved is not None else "was not written yet"
+            raise FloatingPointError(f"step {i}: {err}; the last good checkpoint {checkpoint.path} {saved}") from err
         if i % log_every == 0 or i == n_steps:
             print(f"step {i}: " + " ".join(f"{k} {v:.4f}" for k, v in train_log[-1].items() if k != "step"))
         if i % eval_every == 0 or i == n_steps:
             eval_rows.append({"step": i, **evaluate(i)})
             print(f"eval at step {i}: {eval_rows[-1]}")
+        if checkpoint is not None and checkpoint.due(i, n_steps):
+            checkpoint.save(i, train_log, eval_rows, final=i == n_steps)
+            last_saved = i
+            print(f"[checkpoint] step {i} saved")
     return train_log, eval_rows
