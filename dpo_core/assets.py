@@ -298,7 +298,10 @@ def load_corpus(name, split=None):
     import datasets
 
     if name.startswith("hub:"):
-        return datasets.load_dataset(hub_source(name), split=split or "train").select_columns(["text", "label"])
+        from dpo_core.data import require_columns
+
+        dataset = datasets.load_dataset(hub_source(name), split=split or "train")
+        return require_columns(dataset, ["text", "label"], name).select_columns(["text", "label"])
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; use one of {CORPORA} or 'hub:<id>'")
     path = corpus_path(name)

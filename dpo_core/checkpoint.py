@@ -32,12 +32,14 @@ class Checkpoint:
         params: the run's parameters; a checkpoint written under different ones is not resumed.
         every: steps between saves (0: only at the end of training).
         logs: extra lists the caller appends to (e.g. evaluation samples), saved and restored in place.
+        write: False on all but the main process of a multi-process run: every process restores,
+            one writes.
     """
 
-    def __init__(self, path, model, optimizer, scheduler=None, params=None, every=0, logs=None):
+    def __init__(self, path, model, optimizer, scheduler=None, params=None, every=0, logs=None, write=True):
         self.path, self.model, self.optimizer, self.scheduler = Path(path), model, optimizer, scheduler
         self.params = json.dumps(params or {}, sort_keys=True, default=str)
-        self.every, self.logs = every, logs or {}
+        self.every, self.logs, self.write = every, logs or {}, write
 
     def due(self, step, last_step):
         return step == last_step or (self.every > 0 and step % self.every == 0)
@@ -45,6 +47,8 @@ class Checkpoint:
     def save(self, step, train_log, eval_rows, final=False):
         """Write the state after `step` optimizer steps. `final` drops the optimizer state
         (nothing follows the last step; a finished run only needs its logs and weights)."""
+        if not self.write:
+            return
         state = {
             "step": step,
             "params": self.params,
@@ -58,6 +62,7 @@ class Checkpoint:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+        print(f"[checkpoint] step {step} saved")
 
     def restore(self):
         """(step, train_log, eval_rows) from the checkpoint, with model, optimizer, scheduler,

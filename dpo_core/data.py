@@ -11,6 +11,15 @@ import torch
 from dpo_core.logprobs import pad_right
 
 
+def require_columns(dataset, columns, name):
+    """`dataset` (a datasets.Dataset) unchanged, or a clear error naming the missing columns."""
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"dataset {name!r} lacks column(s) {missing} (it has {dataset.column_names}); "
+                         f"use a dataset with columns {list(columns)}, or rename its columns to these")
+    return dataset
+
+
 def _check_ids(name, ids):
     if len(ids) == 0:
         raise ValueError(f"empty {name}: every pair needs a non-empty prompt and two non-empty completions")

@@ -55,10 +55,12 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
         input_ids, mask, labels = completion_batch(
             prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
         )
+        device = next(policy.parameters()).device
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-        s, e = kl_from_logits(policy(**inputs).logits, reference(**inputs).logits, labels)
-        sampled.append(s)
-        exact.append(e)
+        inputs = {name: x.to(device) for name, x in inputs.items()}
+        s, e = kl_from_logits(policy(**inputs).logits, reference(**inputs).logits, labels.to(device))
+        sampled.append(s.cpu())
+        exact.append(e.cpu())
     return torch.cat(sampled), torch.cat(exact)
 
 

@@ -19,7 +19,9 @@ def draw(logits, temperature, generator=None):
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
     cdf = probs.cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator) * cdf[:, -1:]
+    # uniforms drawn on the CPU generator whatever the model's device: the same seed gives the
+    # same random numbers on CPU and GPU (common random numbers across checkpoints and methods)
+    u = torch.rand(probs.shape[0], 1, generator=generator).to(cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
@@ -60,11 +62,12 @@ def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, p
 
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator):
-    input_ids, mask, position_ids = left_pad(prompts, pad_token_id)
+    device = next(model.parameters()).device
+    input_ids, mask, position_ids = (x.to(device) for x in left_pad(prompts, pad_token_id))
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
     next_position = position_ids[:, -1] + 1  # (B,)
-    tokens, done = [], torch.zeros(len(prompts), dtype=torch.bool)
+    tokens, done = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         token = draw(logits, temperature, generator).masked_fill(done, pad_token_id)  # (B,)
         tokens.append(token)

@@ -170,5 +170,4 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
         if checkpoint is not None and checkpoint.due(i, n_steps):
             checkpoint.save(i, train_log, eval_rows, final=i == n_steps)
             last_saved = i
-            print(f"[checkpoint] step {i} saved")
     return train_log, eval_rows
