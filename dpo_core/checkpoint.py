@@ -1,7 +1,8 @@
 """Checkpoints that let an interrupted training run continue exactly where it stopped.
 
 One file per run, `checkpoint.pt`, holds what the next step depends on: the trained
-parameters, the optimizer and scheduler states, the RNG states, the step reached (the data
+parameters, the optimizer and scheduler states (and any other object with a state_dict, such
+as PPO's KL controller), the RNG states, the step reached (the data
 position: batches are a pure function of the seed and the step), the logs so far, and the
 run's parameters. It is written to a temporary sibling and renamed into place, so a kill
 during a write leaves the previous checkpoint whole. It is read with
@@ -34,12 +35,16 @@ class Checkpoint:
         logs: extra lists the caller appends to (e.g. evaluation samples), saved and restored in place.
         write: False on all but the main process of a multi-process run: every process restores,
             one writes.
+        generator: a torch.Generator the loop draws from (e.g. PPO's rollout sampling).
+        stateful: {name: object with state_dict / load_state_dict} to save beside the model.
     """
 
-    def __init__(self, path, model, optimizer, scheduler=None, params=None, every=0, logs=None, write=True):
+    def __init__(self, path, model, optimizer, scheduler=None, params=None, every=0, logs=None, write=True,
+                 generator=None, stateful=None):
         self.path, self.model, self.optimizer, self.scheduler = Path(path), model, optimizer, scheduler
         self.params = json.dumps(params or {}, sort_keys=True, default=str)
         self.every, self.logs, self.write = every, logs or {}, write
+        self.generator, self.stateful = generator, stateful or {}
 
     def due(self, step, last_step):
         return step == last_step or (self.every > 0 and step % self.every == 0)
@@ -58,6 +63,8 @@ class Checkpoint:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": json.dumps(random.getstate()),
+            "generator": None if self.generator is None else self.generator.get_state(),
+            "stateful": json.dumps({name: obj.state_dict() for name, obj in self.stateful.items()}),
         }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
         torch.save(state, tmp)
@@ -83,6 +90,10 @@ class Checkpoint:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+        for name, saved in json.loads(state["stateful"]).items():
+            self.stateful[name].load_state_dict(saved)
         version, internal, gauss = json.loads(state["python_rng"])
         random.setstate((version, tuple(internal), gauss))
         logs = json.loads(state["logs"])

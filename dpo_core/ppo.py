@@ -106,6 +106,12 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_samples / self.horizon
         return self.value
 
+    def state_dict(self):  # for checkpoint.Checkpoint
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
 
 class ValueHead(torch.nn.Module):
     """V(x, y_<t) from the policy's last hidden state at each position, (B, T, H) -> (B, T)."""

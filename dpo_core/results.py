@@ -64,7 +64,8 @@ def finish_run(path):
 
 def load_metrics(results_root, profile, notebooks):
     """metrics.csv of every finished run of the given notebooks as one DataFrame, with the
-    run's `notebook` and `run` and its params.json values added as columns."""
+    run's `notebook` and `run` and its params.json values added as columns. Unfinished runs
+    are left out, printed, and listed in `frame.attrs["unfinished"]` so figures can say so."""
     import pandas as pd
 
     frames, unfinished = [], []
@@ -83,7 +84,9 @@ def load_metrics(results_root, profile, notebooks):
         print(f"[results] skipping {len(unfinished)} unfinished run(s): {unfinished}")
     if not frames:
         raise FileNotFoundError(f"no finished runs of {notebooks} under {results_root}/{profile}; run them first")
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    frame.attrs["unfinished"] = [f"{Path(p).parent.name}/{Path(p).name}" for p in unfinished]  # for the figure's README
+    return frame
 
 
 def save_model(model, tokenizer, path):

@@ -157,3 +157,48 @@ def test_notebook_04_under_accelerate_with_two_processes_trains_like_one():
 def test_the_launcher_applies_the_notebooks_own_parameter_checks():
     done = launch("1", "notebooks/01_dpo_loss_walkthrough.ipynb", "-p", "beat", "0.2")
     assert done.returncode != 0 and "unknown parameter 'beat' (did you mean 'beta'?)" in done.stderr
+
+
+RESUMABLE = [  # (notebook, smoke params file, overrides making the run long enough to interrupt)
+    ("02_imdb_sft", "02_imdb_sft.yaml", {"n_steps": 12, "checkpoint_every": 3}),
+    ("04_imdb_dpo_and_baselines", "04_imdb_dpo_and_baselines/dpo_beta-0.1.yaml",
+     {"n_steps": 12, "checkpoint_every": 3, "eval_every": 6}),
+    ("06_imdb_ppo", "06_imdb_ppo/ppo_target-6.yaml", {"n_steps": 6, "checkpoint_every": 2, "eval_every": 3}),
+]
+
+
+@pytest.mark.parametrize("stem, params_name, overrides", RESUMABLE, ids=[r[0] for r in RESUMABLE])
+def test_a_training_notebook_killed_mid_run_resumes_to_the_uninterrupted_result(stem, params_name, overrides):
+    """SIGKILL right after the first checkpoint, run the same command again: the training log
+    and evaluations equal those of an uninterrupted run with the same parameters, exactly."""
+    import signal
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    def command(run_name):
+        args = ["-f", str(ROOT / "params" / "smoke" / params_name), "-p", "run_name", run_name]
+        for name, value in overrides.items():
+            args += ["-p", name, str(value)]
+        return [sys.executable, "-u", "-m", "dpo_core.launch", f"notebooks/{stem}.ipynb", *args]
+
+    assert launch("1", f"notebooks/{stem}.ipynb", *command("uninterrupted")[5:]).returncode == 0
+    first = overrides["checkpoint_every"]
+    run = subprocess.Popen(command("interrupted"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in run.stdout:
+        if line.startswith(f"[checkpoint] step {first} saved"):
+            run.send_signal(signal.SIGKILL)
+            break
+    assert run.wait(timeout=60) == -signal.SIGKILL
+    runs = ROOT / "build" / "smoke" / "results" / "smoke" / stem
+    assert not (runs / "interrupted" / "FINISHED").exists()
+
+    again = subprocess.run(command("interrupted"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from step {first}" in again.stdout
+    for name in ("train_log.csv", "metrics.csv"):
+        one, two = (pd.read_csv(runs / run / name) for run in ("uninterrupted", "interrupted"))
+        timing = [c for c in one.columns if "seconds" in c]
+        pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing), check_exact=True)
+    assert (runs / "interrupted" / "FINISHED").exists()

@@ -22,6 +22,7 @@ def test_load_metrics_reads_finished_runs_only(tmp_path, capsys):
     assert list(frame.run.unique()) == ["a"] and frame.reward.max() == 0.7
     assert set(frame.columns) >= {"step", "kl", "reward", "notebook", "run", "method", "beta"}
     assert "skipping 1 unfinished run" in capsys.readouterr().out
+    assert frame.attrs["unfinished"] == ["04_x/b"]
 
 
 def test_restarting_a_run_clears_its_finished_marker(tmp_path):

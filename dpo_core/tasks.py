@@ -1,0 +1,151 @@
+"""The paper's other two experiments as (prompt, chosen, rejected) text: TL;DR summarisation
+(paper section 6.2, Fig. 2 right) and Anthropic-HH single-turn dialogue (section 6.3, Fig. 3).
+
+Rows come in the hub datasets' own schemas and are parsed here, in one place:
+
+    CarperAI/openai_summarize_comparisons  prompt ("SUBREDDIT: r/...\\nTITLE: ...\\nPOST: ..."),
+                                           chosen / rejected ("TL;DR: <summary>")
+    CarperAI/openai_summarize_tldr         prompt (the same post, ending "TL;DR:"), label (the
+                                           human-written reference summary)
+    Anthropic/hh-rlhf                      chosen / rejected: whole transcripts
+                                           "\\n\\nHuman: ...\\n\\nAssistant: ..."
+
+Every prompt ends where the model's answer starts ("TL;DR:" or "Assistant:"), so training,
+sampling and judging share one split of text into prompt and completion. Offline, `fixture`
+builds small synthetic datasets in exactly these schemas, so the parsing, the training steps and
+the notebooks run on `smoke` (tests/test_tasks.py checks the parsing on them).
+"""
+
+import random
+
+from dpo_core.data import require_columns
+
+TLDR_MARK = "TL;DR:"
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+SCHEMAS = {
+    "openai_summarize_comparisons": ["prompt", "chosen", "rejected"],
+    "openai_summarize_tldr": ["prompt", "label"],
+    "hh-rlhf": ["chosen", "rejected"],
+}
+
+
+def tldr_prompt(post):
+    """A post, ending in the summary cue the SFT model was trained with."""
+    post = post.rstrip()
+    return post if post.endswith(TLDR_MARK) else post + "\n" + TLDR_MARK
+
+
+def tldr_completion(summary):
+    """' <summary>', whether or not the dataset's summary repeats the 'TL;DR:' cue."""
+    summary = summary.strip()
+    return " " + (summary[len(TLDR_MARK):].strip() if summary.startswith(TLDR_MARK) else summary)
+
+
+def tldr_pairs(rows):
+    """openai_summarize_comparisons rows -> (pairs, n_dropped); pairs of text dicts
+    prompt / chosen / rejected. Pairs whose two summaries are equal carry no preference: dropped."""
+    require_columns(rows, SCHEMAS["openai_summarize_comparisons"], "openai_summarize_comparisons")
+    pairs, dropped = [], 0
+    for prompt, chosen, rejected in zip(rows["prompt"], rows["chosen"], rows["rejected"]):
+        chosen, rejected = tldr_completion(chosen), tldr_completion(rejected)
+        if chosen == rejected or not chosen.strip() or not rejected.strip():
+            dropped += 1
+            continue
+        pairs.append({"prompt": tldr_prompt(prompt), "chosen": chosen, "rejected": rejected})
+    return pairs, dropped
+
+
+def tldr_references(rows):
+    """openai_summarize_tldr rows -> list of (prompt, reference summary) for the judge."""
+    require_columns(rows, SCHEMAS["openai_summarize_tldr"], "openai_summarize_tldr")
+    return [(tldr_prompt(p), tldr_completion(label)) for p, label in zip(rows["prompt"], rows["label"])]
+
+
+def split_single_turn(transcript):
+    """'\\n\\nHuman: q\\n\\nAssistant: a' -> (prompt ending in 'Assistant:', ' a'); None when the
+    transcript has more than one turn each (the paper evaluates the single-turn subset)."""
+    if transcript.count(HUMAN) != 1 or transcript.count(ASSISTANT) != 1:
+        return None
+    cut = transcript.index(ASSISTANT) + len(ASSISTANT)
+    if cut <= transcript.index(HUMAN):
+        return None
+    return transcript[:cut], transcript[cut:]
+
+
+def hh_single_turn(rows):
+    """Anthropic/hh-rlhf rows -> (pairs, n_dropped): single-turn dialogues whose chosen and
+    rejected share the human's message and differ in the assistant's answer."""
+    require_columns(rows, SCHEMAS["hh-rlhf"], "hh-rlhf")
+    pairs, dropped = [], 0
+    for chosen, rejected in zip(rows["chosen"], rows["rejected"]):
+        a, b = split_single_turn(chosen), split_single_turn(rejected)
+        if a is None or b is None or a[0] != b[0] or a[1] == b[1] or not a[1].strip() or not b[1].strip():
+            dropped += 1
+            continue
+        pairs.append({"prompt": a[0], "chosen": a[1], "rejected": b[1]})
+    return pairs, dropped
+
+
+def encode_text_pairs(tokenizer, pairs, max_length):
+    """Text pairs -> (make_pair examples, n_too_long). A pair longer than `max_length` tokens is
+    left out and counted (real posts vary in length; truncating would cut chosen and rejected
+    differently); an error if none is left."""
+    from dpo_core.data import encode_pair
+
+    examples, too_long = [], 0
+    for pair in pairs:
+        try:
+            examples.append(encode_pair(tokenizer, pair["prompt"], pair["chosen"], pair["rejected"], max_length,
+                                        append_eos=True))
+        except ValueError as err:
+            if "max_length" not in str(err):
+                raise
+            too_long += 1
+    if not examples:
+        raise ValueError(f"all {len(pairs)} pairs are longer than max_length={max_length}; raise max_length")
+    return examples, too_long
+
+
+def fixture(name, n_rows=24, seed=0):
+    """A small synthetic `datasets.Dataset` in the schema of the hub dataset `name` (a key of
+    SCHEMAS): real structure, made-up text. For smoke runs and tests, never for results."""
+    import datasets
+
+    if name not in SCHEMAS:
+        raise ValueError(f"no fixture for {name!r}; choose one of {sorted(SCHEMAS)}")
+    rng = random.Random(seed)
+    topics = ["my landlord", "a job offer", "my cat", "the marathon", "a used car", "our wedding", "the exam"]
+    good = ["asked for help and it worked out", "made a plan and kept it", "talked it through calmly"]
+    bad = ["it was bad", "stuff happened idk", "wall of text, no point"]
+    rows = []
+    for i in range(n_rows):
+        topic = rng.choice(topics)
+        post = f"SUBREDDIT: r/advice\nTITLE: What to do about {topic}? ({i})\nPOST: Long story about {topic}. " \
+               + " ".join(rng.choice(["Really.", "Then more.", "So yeah."]) for _ in range(rng.randint(1, 4)))
+        question = f"How do I deal with {topic}?"
+        if name == "openai_summarize_comparisons":
+            rows.append({"prompt": post, "chosen": f"{TLDR_MARK} {topic}: {rng.choice(good)}",
+                         "rejected": f"{TLDR_MARK} {rng.choice(bad)}"})
+        elif name == "openai_summarize_tldr":
+            rows.append({"prompt": post + "\n" + TLDR_MARK, "label": f" {topic}: {rng.choice(good)}"})
+        else:
+            multi = i % 5 == 4  # some multi-turn dialogues, which the single-turn filter drops
+            turn = f"{HUMAN} {question}{ASSISTANT}"
+            extra = f"{HUMAN} And then?{ASSISTANT} Keep going." if multi else ""
+            rows.append({"chosen": f"{turn} Start small and {rng.choice(good)}.{extra}",
+                         "rejected": f"{turn} {rng.choice(bad)}.{extra}"})
+    return datasets.Dataset.from_list(rows)
+
+
+def load_rows(source, split):
+    """`hub:<id>` (through assets.hub_source, so $DPO_HUB_MIRROR works offline) or
+    `fixture:<name>` -> a datasets.Dataset of that split."""
+    if source.startswith("fixture:"):
+        return fixture(source.split(":", 1)[1], seed=0 if split == "train" else 1)
+    if source.startswith("hub:"):
+        import datasets
+
+        from dpo_core.assets import hub_source
+
+        return datasets.load_dataset(hub_source(source), split=split)
+    raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf) or fixture:<name>")
