@@ -67,7 +67,10 @@ RUN    = mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(
 FIGURE := $(R)/08_fig_reward_kl_frontier/main/executed.ipynb
 WINFIG := $(R)/10_fig_win_rates/main/executed.ipynb
 
-figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE) $(WINFIG)
+# TL;DR and Anthropic-HH (notebooks 11, 12) need the hub and a judge: only the paper profile runs them.
+TASKS  := $(if $(filter paper,$(PROFILE)),$(R)/11_tldr_dpo/dpo_beta-0.5/FINISHED $(R)/12_hh_dpo/dpo_beta-0.1/FINISHED)
+
+figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE) $(WINFIG) $(TASKS)
 	@echo "Figures are in figures/ (the smoke profile writes to build/smoke/figures); runs in $(R)/."
 
 $(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
@@ -116,6 +119,12 @@ $(WINFIG): notebooks/10_fig_win_rates.ipynb params/$(PROFILE)/10_fig_win_rates.y
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/10_fig_win_rates.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
+
+$(R)/11_tldr_dpo/%/FINISHED: notebooks/11_tldr_dpo.ipynb params/$(PROFILE)/11_tldr_dpo.yaml | install
+	$(call RUN,11_tldr_dpo,params/$(PROFILE)/11_tldr_dpo.yaml) -p run_name $*
+
+$(R)/12_hh_dpo/%/FINISHED: notebooks/12_hh_dpo.ipynb params/$(PROFILE)/12_hh_dpo.yaml | install
+	$(call RUN,12_hh_dpo,params/$(PROFILE)/12_hh_dpo.yaml) -p run_name $*
 
 # Speed and memory side by side with TRL (a dev-only dependency), on the tiny model and the
 # cpu policy; writes bench/RESULTS.md. Not part of `make test`: timings are never tests.

@@ -85,3 +85,30 @@ def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_token
     samples = [{"text": t, "completion_ids": c, "reward": r, "kl": k, "kl_sampled": s}
                for t, c, r, k, s in zip(texts, completions, rewards.tolist(), kl_exact.tolist(), kl_sampled.tolist())]
     return metrics, samples
+
+
+@torch.no_grad()
+def preference_accuracy(policy, examples, reference_chosen_logps, reference_rejected_logps, beta, pad_token_id,
+                        batch_size=16):
+    """DPO's loss and implicit-reward accuracy (Eq. 7, Eq. 5) on held-out preference pairs:
+    how often beta * log pi/pi_ref ranks the human-chosen answer first (ties count as wrong)."""
+    from dpo_core.data import collate_pairs
+    from dpo_core.logprobs import concatenated_forward
+    from dpo_core.losses import dpo_loss
+
+    was_training = policy.training
+    policy.eval()
+    device = next(policy.parameters()).device
+    losses, margins = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = collate_pairs(examples[start : start + batch_size], pad_token_id)
+        chosen, rejected = concatenated_forward(policy, {k: v.to(device) for k, v in batch.items()})
+        loss, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen.cpu(), rejected.cpu(), reference_chosen_logps[start : start + batch_size],
+            reference_rejected_logps[start : start + batch_size], beta)
+        losses.append(loss)
+        margins.append(chosen_rewards - rejected_rewards)
+    policy.train(was_training)
+    losses, margins = torch.cat(losses), torch.cat(margins)
+    return {"eval_loss": losses.mean().item(), "eval_accuracy": (margins > 0).float().mean().item(),
+            "eval_margin": margins.mean().item()}

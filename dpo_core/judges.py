@@ -183,3 +183,17 @@ class ChatJudge:
                     raise JudgeError(f"judge endpoint unreachable after {attempt + 1} attempt(s): {error}") from None
                 wait = self.backoff_s * 2**attempt
             time.sleep(wait)
+
+
+def make_judge(spec, task, cache_dir, base_url="https://api.openai.com/v1", seed=0):
+    """A judge from a notebook parameter: `chat:<model>` (e.g. chat:gpt-4-0314, the paper's) asks
+    an OpenAI-compatible endpoint with the App. C.2 prompt `task`; `reward:<name>` compares the
+    two texts with a reward classifier (`assets.load_reward`), an offline stand-in."""
+    kind, _, name = spec.partition(":")
+    if kind == "chat" and name:
+        return ChatJudge(task, name, base_url, cache_dir, seed=seed)
+    if kind == "reward" and name:
+        from dpo_core.assets import load_reward
+
+        return GoldRewardJudge(load_reward(name))
+    raise ValueError(f"unknown judge {spec!r}; use chat:<model> (e.g. chat:gpt-4-0314) or reward:<name> (e.g. reward:tiny)")

@@ -72,6 +72,17 @@ def require(condition, message):
         raise ParameterError(message)
 
 
+def refuse_secrets(params):
+    """Stop if a parameter value looks like an API key: keys belong in the environment
+    ($OPENAI_API_KEY), never in parameters, which are saved to params.json and the notebook."""
+    import re
+
+    for name, value in params.items():
+        if isinstance(value, str) and re.search(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+)", value):
+            raise ParameterError(f"parameter {name!r} looks like an API key; put the key in $OPENAI_API_KEY "
+                                 "(read from the environment only) and remove it from the parameters")
+
+
 def repo_root():
     """The repository root: the nearest parent of the working directory holding this
     project's pyproject.toml, else the parent of the installed package (editable install).

@@ -87,3 +87,15 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_token_id, pad
             row = row[: row.index(eos_token_id) + 1]
         completions.append(row)
     return completions
+
+
+def best_of_n(model, prompts, n, score, max_new_tokens, temperature=1.0, eos_token_id=None, pad_token_id=0,
+              generator=None):
+    """Best-of-N: N samples per prompt, the one `score(prompts, completions)` ranks highest.
+    Returns one completion per prompt."""
+    repeated = [p for p in prompts for _ in range(n)]
+    pool = sample(model, repeated, max_new_tokens, temperature, eos_token_id, pad_token_id, generator)
+    if n == 1:
+        return pool
+    scores = torch.as_tensor(score(repeated, pool)).view(-1, n)  # (prompts, N)
+    return [pool[i * n + j] for i, j in enumerate(scores.argmax(-1).tolist())]

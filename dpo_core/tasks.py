@@ -86,6 +86,16 @@ def hh_single_turn(rows):
     return pairs, dropped
 
 
+def judge_context(prompt):
+    """What the App. C.2 judge prompt calls the post (TL;DR) or the query (dialogue): the
+    prompt without the cue that starts the answer."""
+    if prompt.endswith(TLDR_MARK):
+        return prompt[: -len(TLDR_MARK)].rstrip()
+    if prompt.endswith(ASSISTANT) and prompt.startswith(HUMAN):
+        return prompt[len(HUMAN) : -len(ASSISTANT)].strip()
+    return prompt
+
+
 def encode_text_pairs(tokenizer, pairs, max_length):
     """Text pairs -> (make_pair examples, n_too_long). A pair longer than `max_length` tokens is
     left out and counted (real posts vary in length; truncating would cut chosen and rejected

@@ -26,6 +26,22 @@ def reference_logps(reference_model, batch):
     return concatenated_forward(reference_model, batch)
 
 
+@torch.no_grad()
+def precompute_reference_logps(reference_model, examples, pad_token_id, batch_size=16):
+    """pi_ref's (chosen, rejected) log-probs of every `make_pair` example, each (N,), computed once
+    before training so the reference model is never run in the loop."""
+    from dpo_core.data import collate_pairs
+
+    device = next(reference_model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = collate_pairs(examples[start : start + batch_size], pad_token_id)
+        c, r = reference_logps(reference_model, {k: v.to(device) for k, v in batch.items()})
+        chosen.append(c.cpu())
+        rejected.append(r.cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps):
     """Batch means of the per-pair quantities, as plain floats."""
     margins = chosen_rewards - rejected_rewards
@@ -103,6 +119,20 @@ def reference_free_step(policy, optimizer, batch, objective, forward=concatenate
     optimizer.step()
     return {"loss": loss.item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
             "logps/rejected": policy_rejected_logps.detach().mean().item()}
+
+
+def reward_model_step(model, optimizer, batch):
+    """One optimizer step of the Bradley-Terry loss (Eq. 2) for a `reward.ScalarRewardModel`."""
+    from dpo_core.losses import bradley_terry_loss
+
+    chosen, rejected = model.score_pairs(batch)
+    loss = bradley_terry_loss(chosen, rejected).mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"reward-model loss is {loss.item()}; weights left unchanged")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item()}
 
 
 def sft_step(model, optimizer, input_ids, attention_mask):

@@ -57,3 +57,11 @@ def test_require():
     require(True, "never raised")
     with pytest.raises(ParameterError, match="beta must be > 0"):
         require(False, "beta must be > 0")
+
+
+def test_a_key_passed_as_a_parameter_is_refused_before_it_is_saved():
+    from dpo_core.notebook import refuse_secrets
+
+    refuse_secrets({"judge": "chat:gpt-4-0314", "judge_url": "https://api.openai.com/v1"})  # fine
+    with pytest.raises(ParameterError, match="'judge_url' looks like an API key; put the key in \\$OPENAI_API_KEY"):
+        refuse_secrets({"judge_url": "https://x/v1?key=sk-abcdefghijklmnop"})

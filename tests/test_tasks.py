@@ -71,3 +71,69 @@ def test_hub_rows_load_from_the_hub_layout_through_the_mirror(tmp_path, monkeypa
     loaded = tasks.load_rows("hub:Anthropic/hh-rlhf", "test")
     assert loaded.column_names == ["chosen", "rejected"] and len(loaded) == 6
     assert tasks.hh_single_turn(loaded)[0] == tasks.hh_single_turn(tasks.fixture("hh-rlhf", n_rows=6))[0]
+
+
+def test_judge_context_strips_the_answer_cue():
+    assert tasks.judge_context("SUBREDDIT: r/a\nPOST: p\nTL;DR:") == "SUBREDDIT: r/a\nPOST: p"
+    assert tasks.judge_context("\n\nHuman: Is tea good?\n\nAssistant:") == "Is tea good?"
+
+
+def tiny_examples():
+    tok = byte_tokenizer()
+    pairs, _ = tasks.hh_single_turn(tasks.fixture("hh-rlhf", n_rows=10))
+    return tok, tasks.encode_text_pairs(tok, pairs, max_length=200)[0]
+
+
+def test_reference_logps_precomputed_in_batches_equal_one_pair_at_a_time():
+    import torch
+
+    from dpo_core.data import collate_pairs
+    from dpo_core.logprobs import concatenated_forward
+    from dpo_core.tiny import tiny_gpt2
+    from dpo_core.train import precompute_reference_logps
+
+    tok, examples = tiny_examples()
+    model = tiny_gpt2(seed=0).eval()
+    chosen, rejected = precompute_reference_logps(model, examples, tok.pad_token_id, batch_size=3)
+    with torch.no_grad():
+        one = [concatenated_forward(model, collate_pairs([e], tok.pad_token_id)) for e in examples]
+    torch.testing.assert_close(chosen, torch.cat([c for c, _ in one]), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rejected, torch.cat([r for _, r in one]), rtol=1e-5, atol=1e-4)
+
+
+def test_held_out_preference_accuracy_of_pi_ref_is_the_papers_invariant():
+    import math
+
+    from dpo_core.evaluate import preference_accuracy
+    from dpo_core.tiny import tiny_gpt2
+    from dpo_core.train import precompute_reference_logps
+
+    tok, examples = tiny_examples()
+    model = tiny_gpt2(seed=0).eval()
+    reference = precompute_reference_logps(model, examples, tok.pad_token_id)
+    metrics = preference_accuracy(model, examples, *reference, beta=0.5, pad_token_id=tok.pad_token_id)
+    # pi = pi_ref: loss ln 2, every implicit reward 0, so no pair is ranked right
+    assert abs(metrics["eval_loss"] - math.log(2)) < 1e-5 and abs(metrics["eval_margin"]) < 1e-5
+    assert metrics["eval_accuracy"] == 0.0
+
+
+def test_best_of_n_returns_the_highest_scoring_sample_of_each_prompt():
+    import torch
+
+    from dpo_core.sampling import best_of_n, sample
+    from dpo_core.tiny import tiny_gpt2
+
+    model, prompts = tiny_gpt2(seed=0).eval(), [[65, 66], [67]]
+    score = lambda ps, cs: torch.tensor([float(sum(c)) for c in cs])  # noqa: E731
+    picked = best_of_n(model, prompts, 4, score, 5, generator=torch.Generator().manual_seed(0))
+    pool = sample(model, [p for p in prompts for _ in range(4)], 5, generator=torch.Generator().manual_seed(0))
+    assert picked == [max(pool[:4], key=sum), max(pool[4:], key=sum)]
+
+
+def test_make_judge_names_the_two_kinds():
+    from dpo_core.judges import ChatJudge, GoldRewardJudge, make_judge
+
+    assert isinstance(make_judge("chat:gpt-4-0314", "dialogue", "/nonexistent"), ChatJudge)
+    assert isinstance(make_judge("reward:tiny", "dialogue", "/nonexistent"), GoldRewardJudge)
+    with pytest.raises(ValueError, match="use chat:<model>"):
+        make_judge("gpt-4", "dialogue", "/nonexistent")
