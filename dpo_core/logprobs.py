@@ -64,6 +64,34 @@ def sequence_logps(logits, labels, ignore_index=-100, average=False):
     return total / counts if average else total
 
 
+def scored_logps(hidden, lm_head, labels, ignore_index=-100, average=False):
+    """`sequence_logps` with the LM head applied only where a label is scored.
+
+    The full path turns every position into V logits, prompt and padding included; here only
+    the N completion positions are: (N, H) -> (N, V) instead of (B, T, V), which saves LM-head
+    FLOPs and memory when prompts or padding are long or V is large (SmolLM2: 49,152).
+    The oracle is `sequence_logps(lm_head(hidden), labels)` (tests/test_logprobs.py).
+
+    Args:
+        hidden: (B, T, H) final hidden states (after the final norm) over `input_ids`.
+        lm_head: the model's output layer, (..., H) -> (..., V).
+        labels: (B, T) `input_ids` with prompt and padding positions set to `ignore_index`.
+    Returns:
+        (B,) fp32 sums (means with average=True) of log p(label_t | prefix).
+    """
+    labels = labels[:, 1:]  # position t predicts token t + 1
+    mask = labels != ignore_index  # (B, T-1)
+    counts = mask.sum(-1)  # (B,)
+    if (counts == 0).any():
+        raise ValueError(f"sequences {(counts == 0).nonzero().flatten().tolist()} have no completion tokens "
+                         f"(every label is {ignore_index}); drop empty completions before scoring them")
+    rows = mask.nonzero(as_tuple=True)[0]  # (N,) the row of each scored position
+    logits = lm_head(hidden[:, :-1][mask]).float()  # (N, V)
+    picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    total = torch.zeros(len(labels), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    return total / counts if average else total
+
+
 def position_ids_from_mask(attention_mask):
     """(B, T) position ids that count only real tokens: cumsum(mask) - 1, 0 on padding.
     Needed by absolute-position models (GPT-2) whenever a row does not start at column 0."""
@@ -97,21 +125,28 @@ def concatenated_inputs(batch, pad_token_id=0, ignore_index=-100):
     return out
 
 
-def concatenated_forward(model, batch, average=False):
+def concatenated_forward(model, batch, average=False, completion_only=False):
     """Run chosen and rejected completions through `model` in one forward pass.
 
     One pass instead of two halves the kernel launches and, under FSDP, the all-gathers.
     Returns (chosen_logps, rejected_logps), each (B,) fp32 summed log-probs (means if
-    average=True).
+    average=True). completion_only: see `forward_logps`.
     """
     inputs = concatenated_inputs(batch)
-    logps = forward_logps(model, **inputs, average=average)  # (2B,)
+    logps = forward_logps(model, **inputs, average=average, completion_only=completion_only)  # (2B,)
     n_pairs = batch["chosen_input_ids"].shape[0]
     return logps[:n_pairs], logps[n_pairs:]
 
 
-def forward_logps(model, input_ids, attention_mask, labels, average=False):
-    """Sequence log-probs of one right-padded batch (B, T) -> (B,), with explicit position ids."""
+def forward_logps(model, input_ids, attention_mask, labels, average=False, completion_only=False):
+    """Sequence log-probs of one right-padded batch (B, T) -> (B,), with explicit position ids.
+    completion_only: run the LM head on scored positions only (`scored_logps`); needs a model
+    whose logits are exactly its output layer on the final hidden states (Llama family, GPT-2),
+    and calls the base model directly, so not through a DDP wrapper."""
+    if completion_only:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        return scored_logps(hidden, model.get_output_embeddings(), labels, average=average)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -56,8 +56,9 @@ def test_cached_rows_unpadded_match_a_batch(make_model):
         torch.testing.assert_close(row, full_row[:length], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("completion_only", [False, True])
 @pytest.mark.parametrize("make_model", [gpt2, tiny_llama])
-def test_dpo_forward_and_gradients_match_the_full_model(make_model):
+def test_dpo_forward_and_gradients_match_the_full_model(make_model, completion_only):
     examples = [make_pair([5, 9], [33, 2, 7], [7, 1], 16), make_pair([40], [41, 42, 43, 44], [45], 16)]
     batch = collate_pairs(examples, 256)
     policy, oracle = make_model(), make_model()
@@ -67,7 +68,7 @@ def test_dpo_forward_and_gradients_match_the_full_model(make_model):
     inputs = concatenated_inputs(batch)
     sequences = [row[m.bool()].tolist() for row, m in zip(inputs["input_ids"], inputs["attention_mask"])]
     batch["bottom"] = frozen.pad_states(frozen.bottom_states(policy, sequences, 2, 256))
-    chosen, rejected = frozen.concatenated_top_forward(policy, batch, 2)
+    chosen, rejected = frozen.concatenated_top_forward(policy, batch, 2, completion_only=completion_only)
     chosen_ref, rejected_ref = concatenated_forward(oracle, batch)
     torch.testing.assert_close(chosen, chosen_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rejected, rejected_ref, atol=1e-5, rtol=1e-5)

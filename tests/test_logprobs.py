@@ -6,6 +6,7 @@ import torch
 from dpo_core.data import collate_pairs, encode_pair
 from dpo_core.logprobs import concatenated_forward, forward_logps, sequence_logps
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+from test_frozen import tiny_llama
 
 
 def naive_logps(logits, labels, average=False):
@@ -131,3 +132,39 @@ def test_concatenated_forward_equals_two_separate_forwards():
     torch.testing.assert_close(chosen, sep_chosen, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rejected, sep_rejected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(chosen, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_lm_head_on_scored_positions_only_matches_the_naive_loop(average):
+    from dpo_core.logprobs import scored_logps
+
+    g = torch.Generator().manual_seed(3)
+    hidden, head = torch.randn(3, 7, 5, generator=g), torch.nn.Linear(5, 11)
+    _, labels = toy_batch()
+    expected = naive_logps(head(hidden).detach(), labels, average)
+    torch.testing.assert_close(scored_logps(hidden, head, labels, average=average).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+    labels[2, :] = -100
+    with pytest.raises(ValueError, match=r"sequences \[2\] have no completion tokens"):
+        scored_logps(hidden, head, labels)
+
+
+@pytest.mark.parametrize("make_model", [lambda: tiny_gpt2(seed=1), lambda: tiny_llama(seed=1)],
+                         ids=["gpt2", "llama"])
+def test_completion_only_forward_equals_the_full_forward_with_gradients(make_model):
+    model, tok = make_model(), byte_tokenizer()
+    examples = [encode_pair(tok, "The film", " was a delight.", " bored me.", 128),
+                encode_pair(tok, "Acting, music and the long", " superb", " wooden and slow, honestly", 128)]
+    batch = collate_pairs(examples, tok.pad_token_id)
+    grads = []
+    for completion_only in (False, True):
+        model.zero_grad()
+        chosen, rejected = concatenated_forward(model, batch, completion_only=completion_only)
+        (chosen - 0.5 * rejected).sum().backward()
+        grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, chosen, rejected))
+    (full, c0, r0), (fast, c1, r1) = grads
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
+    assert full.keys() == fast.keys()
+    for name in full:
+        torch.testing.assert_close(fast[name], full[name], rtol=1e-4, atol=1e-6)
