@@ -79,7 +79,7 @@ def bench_dpo_core(model_name, steps, warmup):
     model, tok = load(model_name)
     disable_dropout(model).train()
     pairs = make_pairs(tok, PAIRS)
-    batch = collate_pairs([make_pair(*p, max_length=64) for p in pairs], tok.pad_token_id)
+    batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in pairs], tok.pad_token_id)
     ref_c, ref_r = reference_logps(model, batch)  # precomputed once; pi = pi_ref at the start
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1)) for _ in range(warmup + steps)]
@@ -107,7 +107,7 @@ def bench_trl(model_name, steps, warmup, fast):
 
     config = DPOConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=PAIRS, max_steps=warmup + steps,
                        bf16=False, use_cpu=True, report_to=[], logging_steps=1000, save_strategy="no",
-                       dataloader_drop_last=True, max_length=64,
+                       dataloader_drop_last=True, max_length=PROMPT_TOKENS + COMPLETION_TOKENS,
                        **({"gradient_checkpointing": False, "precompute_ref_log_probs": True} if fast else {}))
     # The default keeps a separate reference model; pass a copy (the tiny model has no hub name to reload).
     ref_model = None if fast else copy.deepcopy(model)
@@ -144,7 +144,7 @@ def bench_precompute(model_name):
     from dpo_core.train import reference_logps
 
     model, tok = load(model_name)
-    batch = collate_pairs([make_pair(*p, max_length=64) for p in make_pairs(tok, 32)], tok.pad_token_id)
+    batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in make_pairs(tok, 32)], tok.pad_token_id)
     reference_logps(model, batch)
     seconds = statistics.median(_timed(lambda: reference_logps(model, batch)) for _ in range(3))
     return {"sequences_per_s": 64 / seconds}
@@ -173,6 +173,8 @@ JOBS = {
 
 
 def _child(name, args, queue):
+    global COMPLETION_TOKENS
+    COMPLETION_TOKENS = getattr(args, "completion_tokens", COMPLETION_TOKENS)  # a spawned child starts from defaults
     try:
         result = JOBS[name](args)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
