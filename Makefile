@@ -3,7 +3,7 @@
 #   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
-#   make bench                 dpo_core against TRL and model.generate: bench/RESULTS.md
+#   make bench                 dpo_core against TRL and model.generate, the levers, step time vs length: bench/
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
 
@@ -132,6 +132,8 @@ bench: assets
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) bench/bench_dpo.py --model tiny --steps 10
 	$(PY) bench/bench_dpo.py --model smollm2-135m --steps 6
+	$(PY) bench/bench_levers.py --model smollm2-135m --reps 5
+	$(PY) bench/bench_lengths.py --model smollm2-135m --lengths 16,32,64,128 --steps 3
 
 lab: install
 	$(PY) -m jupyter lab notebooks/

@@ -50,6 +50,11 @@ def main(argv=None):
         values.update(yaml.safe_load(Path(file).read_text()) or {})
     values.update({name: yaml.safe_load(value) for name, value in args.parameter})
     run(args.notebook, values)
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()  # a clean exit for every process (gloo can abort otherwise)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,14 @@ from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import dpo_loss
 
 
+def flush_denormals():
+    """Treat subnormal floats as zero on CPU (torch.set_flush_denormal). With a large beta the
+    loss saturates, sigma'(.) underflows into the subnormal range and every multiplication by
+    it runs in the CPU's slow microcode path: the cpu profile's beta = 5 run took 179 s for 60
+    steps with subnormals and 82 s without, with the same training log to every digit."""
+    return torch.set_flush_denormal(True)
+
+
 def disable_dropout(model):
     """Dropout off in every module: with it on, pi != pi_ref at step 0 and the reference
     log-probs are noise (the official code and TRL do the same)."""

@@ -42,3 +42,5 @@ if __name__ == "__main__":
         trained = accelerator.unwrap_model(policy)
         save_file({n: p.detach().contiguous() for n, p in trained.named_parameters()}, sys.argv[1])
         print(json.dumps({"processes": accelerator.num_processes, "log": log}))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # tear the process group down before exit (else gloo can abort at exit)
