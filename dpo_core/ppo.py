@@ -20,6 +20,7 @@ import torch
 
 from dpo_core.frozen import bottom_hidden, final_hidden, lm_logits
 from dpo_core.logprobs import token_logps
+from dpo_core.train import apply_loss
 
 
 def masked_mean(values, mask):
@@ -181,11 +182,7 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
             policy_loss, clip_fraction = ppo_policy_loss(logps, old_logps[idx], advantages[idx], m, clip_range)
             value_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, clip_range)
             loss = policy_loss + vf_coef * value_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"PPO loss is {loss.item()}; weights left unchanged")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            apply_loss(optimizer, loss, "PPO loss")
             stats.append((policy_loss.item(), value_loss.item(), clip_fraction))
     sequence_kl = kl.sum(-1).mean().item()
     metrics = {"score": scores.mean().item(), "kl_train": sequence_kl, "kl_coef": kl_controller.value,

@@ -50,6 +50,16 @@ def precompute_reference_logps(reference_model, examples, pad_token_id, batch_si
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def apply_loss(optimizer, loss, name, hint=""):
+    """Backpropagate `loss` and take one optimizer step, unless it is not finite: then raise
+    before the weights change, with `name` and `hint` in the message."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name} is {loss.item()}; weights left unchanged{hint}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps):
     """Batch means of the per-pair quantities, as plain floats."""
     margins = chosen_rewards - rejected_rewards
@@ -81,11 +91,7 @@ def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejecte
         label_smoothing,
     )
     loss = losses.mean()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"DPO loss is {loss.item()}; weights left unchanged (lower the learning rate?)")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    apply_loss(optimizer, loss, "DPO loss", " (lower the learning rate?)")
     return dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
 
 
@@ -120,11 +126,7 @@ def reference_free_step(policy, optimizer, batch, objective, forward=concatenate
     Unlikelihood): `objective(policy_chosen_logps, policy_rejected_logps)` -> (B,) losses."""
     policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
     loss = objective(policy_chosen_logps, policy_rejected_logps).mean()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()}; weights left unchanged (lower the learning rate?)")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    apply_loss(optimizer, loss, "loss", " (lower the learning rate?)")
     return {"loss": loss.item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
             "logps/rejected": policy_rejected_logps.detach().mean().item()}
 
@@ -135,11 +137,7 @@ def reward_model_step(model, optimizer, batch):
 
     chosen, rejected = model.score_pairs(batch)
     loss = bradley_terry_loss(chosen, rejected).mean()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"reward-model loss is {loss.item()}; weights left unchanged")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    apply_loss(optimizer, loss, "reward-model loss")
     return {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item()}
 
 
@@ -147,11 +145,7 @@ def sft_step(model, optimizer, input_ids, attention_mask):
     """One step of next-token NLL (mean over real tokens) on a right-padded (B, T) batch."""
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"SFT loss is {loss.item()}; weights left unchanged")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    apply_loss(optimizer, loss, "SFT loss")
     return loss.item()
 
 
