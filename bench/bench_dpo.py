@@ -4,6 +4,9 @@ Each measurement runs in its own child process (so peak RSS is its own) on the s
 the same preference pairs, the same batch and sequence lengths, fp32, after warm-up:
 
     dpo-core        one DPO step of dpo_core (full model, reference log-probs precomputed)
+    dpo-core-lean   the same with the LM head on completion positions only, in blocks
+                    (`completion_only=True`: no (B, T, V) logits, less memory)
+    dpo-core-lean-gc  dpo-core-lean with gradient checkpointing, as TRL's default has it
     trl-default     TRL's DPOTrainer at its defaults, in fp32 (bf16=False; everything else default)
     trl-fast        TRL's DPOTrainer with gradient checkpointing off and reference log-probs precomputed
     sample-core     dpo_core.sampling.sample, pure sampling, new tokens/s
@@ -52,8 +55,10 @@ def load(model_name):
     return model, tokenizer
 
 
-def make_pairs(tokenizer, n_pairs, seed=0):
-    """Prompt = 8 tokens of a real review; chosen / rejected = the next 32 tokens of two reviews."""
+def make_pairs(tokenizer, n_pairs, seed=0, completion_tokens=None):
+    """Prompt = 8 tokens of a real review; chosen / rejected = the next 32 (or completion_tokens)
+    tokens of two reviews."""
+    completion_tokens = completion_tokens or COMPLETION_TOKENS
     from dpo_core import assets
 
     texts = assets.load_corpus("pang-lee-reviews").shuffle(seed=seed)["text"][: 2 * n_pairs]
@@ -61,8 +66,8 @@ def make_pairs(tokenizer, n_pairs, seed=0):
     out = []
     for i in range(n_pairs):
         a, b = ids[2 * i], ids[2 * i + 1]
-        out.append((a[:PROMPT_TOKENS], a[PROMPT_TOKENS : PROMPT_TOKENS + COMPLETION_TOKENS],
-                    b[PROMPT_TOKENS : PROMPT_TOKENS + COMPLETION_TOKENS]))
+        out.append((a[:PROMPT_TOKENS], a[PROMPT_TOKENS : PROMPT_TOKENS + completion_tokens],
+                    b[PROMPT_TOKENS : PROMPT_TOKENS + completion_tokens]))
     return out
 
 
@@ -72,17 +77,22 @@ def step_stats(times, tokens, n_params):
             "tokens_per_s": tokens / median, "gflops": 6 * n_params * tokens / median / 1e9}
 
 
-def bench_dpo_core(model_name, steps, warmup):
+def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
     from dpo_core.data import collate_pairs, make_pair
+    from dpo_core.logprobs import concatenated_forward
     from dpo_core.train import disable_dropout, dpo_step, reference_logps
 
     model, tok = load(model_name)
     disable_dropout(model).train()
+    if checkpointing:  # recompute each block's activations in the backward instead of keeping them
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    forward = (lambda m, b: concatenated_forward(m, b, completion_only=True)) if lean else concatenated_forward
     pairs = make_pairs(tok, PAIRS)
     batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in pairs], tok.pad_token_id)
     ref_c, ref_r = reference_logps(model, batch)  # precomputed once; pi = pi_ref at the start
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1)) for _ in range(warmup + steps)]
+    times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
+             for _ in range(warmup + steps)]
     tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     return step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters()))
 
@@ -162,6 +172,8 @@ def bench_reward(model_name):
 
 JOBS = {
     "dpo-core": lambda a: bench_dpo_core(a.model, a.steps, a.warmup),
+    "dpo-core-lean": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True),
+    "dpo-core-lean-gc": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, checkpointing=True),
     "trl-default": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False),
     "trl-fast": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True),
     "sample-core": lambda a: bench_sampling(a.model, "core"),
@@ -230,7 +242,7 @@ def render(records):
                   f"{rec['matmul_peak_gflops']:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
                   f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens.", "",
                   "| job | step median s (min-max) | tokens/s | GFLOP/s (6NT) | MFU | peak RSS MB |", "|---|---|---|---|---|---|"]
-        for job in ("dpo-core", "trl-default", "trl-fast"):
+        for job in ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast"):
             x = r.get(job, {})
             if "step_median_s" in x:
                 lines.append(f"| {job} | {x['step_median_s']:.3f} ({x['step_min_s']:.3f}-{x['step_max_s']:.3f}) | "
@@ -243,17 +255,24 @@ def render(records):
             x = r.get(job, {})
             values = ", ".join(f"{k} {v:.1f}" for k, v in x.items() if k != "peak_rss_mb" and isinstance(v, float))
             lines.append(f"| {job} | {values or x.get('error', 'not run')} | {x.get('peak_rss_mb', 0):.0f} |")
-        core, default, fast = (r.get(j, {}).get("tokens_per_s") for j in ("dpo-core", "trl-default", "trl-fast"))
+        tps = {j: r.get(j, {}).get("tokens_per_s") for j in ("dpo-core", "dpo-core-lean", "trl-default", "trl-fast")}
+        rss = {j: r.get(j, {}).get("peak_rss_mb", 0) for j in
+               ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast")}
         s_core, s_gen, s_bound = (r.get(j, {}).get("new_tokens_per_s") for j in ("sample-core", "sample-generate", "decode-bound"))
-        mfu = r.get("dpo-core", {}).get("gflops", 0) / rec["matmul_peak_gflops"]
-        lines += ["", "| target | measured |", "|---|---|",
-                  f"| DPO step >= 5x TRL default (tokens/s) | {ratio(core, default)} |",
-                  f"| DPO step >= 2x TRL fastest (tokens/s) | {ratio(core, fast)} |",
-                  f"| >= 70% of matmul peak (full-model step) | {mfu:.0%} |",
-                  f"| sampler >= 1.5x model.generate | {ratio(s_core, s_gen)} |",
-                  f"| sampler within 20% of the decode bound | {ratio(s_core, s_bound)} of it |",
-                  f"| peak memory no higher than TRL's | {r.get('dpo-core', {}).get('peak_rss_mb', 0):.0f} MB vs "
-                  f"{min([r.get(j, {}).get('peak_rss_mb', float('inf')) for j in ('trl-default', 'trl-fast')]):.0f} MB |", ""]
+        mfu = {j: r.get(j, {}).get("gflops", 0) / rec["matmul_peak_gflops"] for j in ("dpo-core", "dpo-core-lean")}
+        lines += ["", "| target | dpo-core | dpo-core-lean |", "|---|---|---|",
+                  f"| DPO step >= 5x TRL default (tokens/s) | {ratio(tps['dpo-core'], tps['trl-default'])} | "
+                  f"{ratio(tps['dpo-core-lean'], tps['trl-default'])} |",
+                  f"| DPO step >= 2x TRL fastest (tokens/s) | {ratio(tps['dpo-core'], tps['trl-fast'])} | "
+                  f"{ratio(tps['dpo-core-lean'], tps['trl-fast'])} |",
+                  f"| >= 70% of matmul peak (full-model step; nominal 6NT FLOPs) | {mfu['dpo-core']:.0%} | "
+                  f"{mfu['dpo-core-lean']:.0%} |",
+                  f"| peak memory no higher than TRL fastest (no checkpointing either) | {rss['dpo-core']:.0f} vs "
+                  f"{rss['trl-fast']:.0f} MB | {rss['dpo-core-lean']:.0f} vs {rss['trl-fast']:.0f} MB |",
+                  f"| peak memory no higher than TRL default (with gradient checkpointing: dpo-core-lean-gc) | | "
+                  f"{rss['dpo-core-lean-gc']:.0f} vs {rss['trl-default']:.0f} MB |",
+                  f"| sampler >= 1.5x model.generate | {ratio(s_core, s_gen)} | |",
+                  f"| sampler within 20% of the decode bound | {ratio(s_core, s_bound)} of it | |", ""]
     return "\n".join(lines)
 
 

@@ -1,16 +1,22 @@
 """The speed levers of issue 8, one at a time, each against the plain path in the same process,
 interleaved (A, B, A, B, ...) so that a busy or throttled machine slows both alike.
 
-    lm-head-scored      the LM head on completion positions only (`logprobs.scored_logps`)
-                        against logits at every position; full-model DPO step
-    lm-head-scored-top  the same on the cpu profile's path: top 4 blocks on cached bottom states
+    lm-head-scored      the LM head on completion positions only, with their (N, V) log-softmax
+                        materialised, against logits at every position; full-model DPO step
+    lm-head-scored-top  the cpu profile's path (top 4 blocks on cached bottom states): full logits
+                        against the library's scored, chunked LM head
+    chunked-log-softmax the library's path (`logprobs.scored_logps`): those N positions in blocks,
+                        no (N, V) tensor kept for the backward, against the materialised one
+    length-buckets      4 steps over 32 pairs of varied length (8-128 completion tokens), batches
+                        bucketed by length (`train.length_bucketed`) against random batches
     frozen-bottom       top-4 training on cached bottom states against the full forward
     reference-cached    pi_ref's log-probs precomputed against a reference forward in every step
     threads             torch.set_num_threads(1) against the default
     malloc              glibc malloc tunables (no extra package) against the default: own processes
 
 Usage: python bench/bench_levers.py --model smollm2-135m --reps 5   (writes bench/LEVERS.md)
-Each lever also reports whether the two paths give the same log-probs (the plain one is the oracle).
+Each lever also reports whether the two paths give the same log-probs (the plain one is the oracle),
+and the peak RSS of each path measured in a process of its own (two steps of the path alone).
 """
 
 import argparse
@@ -72,32 +78,26 @@ def interleaved(variants, reps, warmup=1):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def lever_lm_head(model_name, reps, prompt_tokens, completion_tokens, top):
+def lever_lm_head_top(model_name, reps, prompt_tokens, completion_tokens):
+    """The cpu profile's path (top blocks on cached bottom states): full logits against the library's
+    scored, chunked LM head."""
     from dpo_core import frozen
-    from dpo_core.logprobs import concatenated_forward
+    from dpo_core.logprobs import concatenated_inputs, sequence_logps
     from dpo_core.train import dpo_step, train_top_layers
 
     model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
     k = n_top(model)
-    if top:
-        train_top_layers(model, k)
-        from dpo_core.logprobs import concatenated_inputs
+    train_top_layers(model, k)
+    inputs = concatenated_inputs(batch)
+    with torch.no_grad():
+        batch["bottom"] = frozen.bottom_hidden(model, inputs["input_ids"], inputs["attention_mask"], k)
 
-        inputs = concatenated_inputs(batch)
-        with torch.no_grad():
-            batch["bottom"] = frozen.bottom_hidden(model, inputs["input_ids"], inputs["attention_mask"], k)
+    def plain_forward(m, b):  # the full-logits path on the same cached states
+        hidden = frozen.top_hidden(m, b["bottom"], inputs["attention_mask"], k)
+        logps = sequence_logps(frozen.lm_logits(m, hidden), inputs["labels"])
+        return logps[: len(logps) // 2], logps[len(logps) // 2 :]
 
-        def plain_forward(m, b):  # the full-logits path on the same cached states
-            from dpo_core.logprobs import sequence_logps
-
-            hidden = frozen.top_hidden(m, b["bottom"], inputs["attention_mask"], k)
-            logps = sequence_logps(frozen.lm_logits(m, hidden), inputs["labels"])
-            return logps[: len(logps) // 2], logps[len(logps) // 2 :]
-
-        fast_forward = lambda m, b: frozen.concatenated_top_forward(m, b, k, completion_only=True)  # noqa: E731
-    else:
-        plain_forward = concatenated_forward
-        fast_forward = lambda m, b: concatenated_forward(m, b, completion_only=True)  # noqa: E731
+    fast_forward = lambda m, b: frozen.concatenated_top_forward(m, b, k, completion_only=True)  # noqa: E731
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)  # lr 0: same weights
     with torch.no_grad():
         same = max((a - b).abs().max().item() for a, b in zip(plain_forward(model, batch), fast_forward(model, batch)))
@@ -106,6 +106,88 @@ def lever_lm_head(model_name, reps, prompt_tokens, completion_tokens, top):
         "lever": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=fast_forward),
     }, reps)
     return {**result, "max_logp_difference": same}
+
+
+def materialised_scored_forward(model, batch):
+    """The LM head on scored positions with their whole (N, V) log-softmax kept for the backward:
+    what `scored_logps` did before it went by blocks (the chunked-log-softmax lever's plain side)."""
+    from dpo_core.logprobs import concatenated_inputs, position_ids_from_mask
+
+    inputs = concatenated_inputs(batch)
+    hidden = model.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                              position_ids=position_ids_from_mask(inputs["attention_mask"])).last_hidden_state
+    labels = inputs["labels"][:, 1:]
+    mask = labels != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][mask]).float()  # (N, V)
+    picked = logits.gather(-1, labels[mask][:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    logps = torch.zeros(len(labels)).index_add(0, mask.nonzero(as_tuple=True)[0], picked)
+    return logps[: len(logps) // 2], logps[len(logps) // 2 :]
+
+
+def forwards():
+    """Full-model forwards by name, for the levers and for --one-step's memory measurement."""
+    from dpo_core.logprobs import concatenated_forward
+
+    return {"full": concatenated_forward,
+            "scored-materialised": materialised_scored_forward,
+            "scored-chunked": lambda m, b: concatenated_forward(m, b, completion_only=True)}
+
+
+def lever_forwards(model_name, reps, prompt_tokens, completion_tokens, plain, lever):
+    """Two full-model forwards, timed interleaved in this process, and their peak RSS alone."""
+    from dpo_core.train import dpo_step
+
+    model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
+    paths = forwards()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: same weights every repetition
+    with torch.no_grad():
+        same = max((a - b).abs().max().item() for a, b in zip(paths[plain](model, batch), paths[lever](model, batch)))
+    result = interleaved({
+        "plain": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=paths[plain]),
+        "lever": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=paths[lever]),
+    }, reps)
+    memory = {f"{side}_peak_rss_mb": alone(model_name, prompt_tokens, completion_tokens, path)["peak_rss_mb"]
+              for side, path in (("plain", plain), ("lever", lever))}
+    return {**result, **memory, "max_logp_difference": same}
+
+
+def alone(model_name, prompt_tokens, completion_tokens, forward="full", env=None):
+    """--one-step in a child process: {'seconds', 'peak_rss_mb'} of that forward's DPO step alone."""
+    out = subprocess.run([sys.executable, __file__, "--model", model_name, "--one-step", "--forward", forward,
+                          "--prompt-tokens", str(prompt_tokens), "--completion-tokens", str(completion_tokens)],
+                         env={**os.environ, **(env or {})}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lever_length_buckets(model_name, reps, prompt_tokens, pairs=32, steps=4, batch_size=8):
+    """Same 32 pairs, same 4 steps: random batches against length-bucketed ones (full model)."""
+    from dpo_core.data import collate_pairs, make_pair
+    from dpo_core.train import disable_dropout, dpo_step, length_bucketed, pair_batches, reference_logps
+
+    model, tok = load(model_name)
+    disable_dropout(model).train()
+    g = torch.Generator().manual_seed(0)
+    rows = make_pairs(tok, pairs, completion_tokens=128)
+    examples = []
+    for p, c, r in rows:  # completions cut to lengths drawn uniformly from 8-128, as real answers vary
+        n_c, n_r = torch.randint(8, 129, (2,), generator=g).tolist()
+        examples.append(make_pair(p[:prompt_tokens], c[:n_c], r[:n_r], 4096))
+    lengths = [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
+    plain = pair_batches(pairs, batch_size, steps, seed=0)
+    bucketed = length_bucketed(plain, lengths, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def epoch(batches):
+        for indices in batches:
+            batch = collate_pairs([examples[i] for i in indices], tok.pad_token_id)
+            dpo_step(model, optimizer, batch, *reference_logps(model, batch), 0.1)
+
+    def padded_share(batches):
+        real = sum(len(examples[i][f"{side}_input_ids"]) for b in batches for i in b for side in ("chosen", "rejected"))
+        return 1 - real / sum(2 * len(b) * max(lengths[i] for i in b) for b in batches)
+
+    return {**interleaved({"plain": lambda: epoch(plain), "lever": lambda: epoch(bucketed)}, reps),
+            "padding_share_plain": padded_share(plain), "padding_share_lever": padded_share(bucketed)}
 
 
 def lever_frozen_bottom(model_name, reps, prompt_tokens, completion_tokens):
@@ -169,22 +251,24 @@ def lever_malloc(args):
     times = {"plain": [], "lever": []}
     for i in range(args.reps):
         for name, env in (("plain", {}), ("lever", MALLOC)):
-            out = subprocess.run([sys.executable, __file__, "--model", args.model, "--one-step",
-                                  "--prompt-tokens", str(args.prompt_tokens),
-                                  "--completion-tokens", str(args.completion_tokens)],
-                                 env={**os.environ, **env}, capture_output=True, text=True, check=True)
-            times[name].append(float(out.stdout.strip().splitlines()[-1]))
+            times[name].append(alone(args.model, args.prompt_tokens, args.completion_tokens, env=env)["seconds"])
     return {name: statistics.median(t) for name, t in times.items()} | {"tunables": MALLOC["GLIBC_TUNABLES"]}
 
 
 def one_step(args):
+    """Time a full-model DPO step of one forward path; print seconds and this process's peak RSS."""
+    import resource
+
     from dpo_core.train import dpo_step
 
     model, _, batch, (ref_c, ref_r) = setup(args.model, args.prompt_tokens, args.completion_tokens)
+    forward = forwards()[args.forward]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     for _ in range(2):
-        dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1)
-    print(statistics.median(timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1)) for _ in range(3)))
+        dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward)
+    seconds = statistics.median(timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
+                                for _ in range(3))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def main():
@@ -193,14 +277,18 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--completion-tokens", type=int, default=32)
-    parser.add_argument("--levers", default="lm-head-scored,lm-head-scored-top,frozen-bottom,reference-cached,threads,malloc")
+    parser.add_argument("--levers", default="lm-head-scored,lm-head-scored-top,chunked-log-softmax,length-buckets,"
+                                            "frozen-bottom,reference-cached,threads,malloc")
     parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--forward", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_step:
         return one_step(args)
     shape = (args.model, args.reps, args.prompt_tokens, args.completion_tokens)
-    runs = {"lm-head-scored": lambda: lever_lm_head(*shape, top=False),
-            "lm-head-scored-top": lambda: lever_lm_head(*shape, top=True),
+    runs = {"lm-head-scored": lambda: lever_forwards(*shape, plain="full", lever="scored-materialised"),
+            "chunked-log-softmax": lambda: lever_forwards(*shape, plain="scored-materialised", lever="scored-chunked"),
+            "length-buckets": lambda: lever_length_buckets(*shape[:3]),
+            "lm-head-scored-top": lambda: lever_lm_head_top(*shape),
             "frozen-bottom": lambda: lever_frozen_bottom(*shape),
             "reference-cached": lambda: lever_reference(*shape),
             "threads": lambda: lever_threads(*shape),
@@ -219,14 +307,21 @@ def main():
 
 def render(record):
     lines = ["# Speed levers, one at a time", "", "Written by `bench/bench_levers.py`; do not edit by hand. Each row: "
-             "one DPO step (8 pairs, fp32, 2 cores), median of interleaved repetitions of the plain path and the "
-             "lever in the same process; the plain path is the oracle for the log-probs.", ""]
+             "one DPO step (8 pairs, fp32, 2 cores; length-buckets: 4 steps), median of interleaved repetitions "
+             "of the plain path and the lever in the same process; the plain path is the oracle for the "
+             "log-probs. Peak RSS, where given: each path alone in a process of its own (model, reference "
+             "copy and two steps).", ""]
     for shape, results in record.items():
-        lines += [f"## {shape}", "", "| lever | plain s | with lever s | speed-up | max log-prob difference |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {shape}", "", "| lever | plain s | with lever s | speed-up | max log-prob difference | "
+                  "peak RSS plain -> lever MB |", "|---|---|---|---|---|---|"]
         for name, r in results.items():
             diff = f"{r['max_logp_difference']:.1e}" if "max_logp_difference" in r else "n/a (same computation)"
-            lines.append(f"| {name} | {r['plain']:.3f} | {r['lever']:.3f} | {r['plain'] / r['lever']:.2f}x | {diff} |")
+            if "padding_share_plain" in r:
+                diff = f"n/a; padding {r['padding_share_plain']:.0%} -> {r['padding_share_lever']:.0%} of tokens"
+            memory = (f"{r['plain_peak_rss_mb']:.0f} -> {r['lever_peak_rss_mb']:.0f}" if "plain_peak_rss_mb" in r
+                      else "")
+            lines.append(f"| {name} | {r['plain']:.3f} | {r['lever']:.3f} | {r['plain'] / r['lever']:.2f}x | {diff} | "
+                         f"{memory} |")
         lines.append("")
     return "\n".join(lines)
 

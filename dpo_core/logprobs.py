@@ -64,18 +64,93 @@ def sequence_logps(logits, labels, ignore_index=-100, average=False):
     return total / counts if average else total
 
 
-def scored_logps(hidden, lm_head, labels, ignore_index=-100, average=False):
+class _ChunkedLabelLogps(torch.autograd.Function):
+    """log_softmax(hidden @ weight.T + bias)[label] per row, a chunk of rows at a time.
+
+    Neither pass holds more than one (chunk, V) block of logits: the forward keeps only the
+    per-row logsumexp, and the backward recomputes each chunk's logits from `hidden` and
+    `weight` (one extra LM-head matmul) to form d logp / d logits = onehot(label) - softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows):  # hidden (N, H), weight (V, H), labels (N,)
+        logps = hidden.new_empty(len(labels), dtype=_logp_dtype(hidden))  # (N,)
+        lse = torch.empty_like(logps)  # (N,) kept for the backward
+        for start in range(0, len(labels), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logits = _chunk_logits(hidden[rows], weight, bias)  # (C, V) fp32
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            logps[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.chunk_rows = chunk_rows
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):  # (N,)
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=lse.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        for start in range(0, len(labels), ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            g = grad_logps[rows, None].to(lse.dtype)  # (C, 1)
+            # d logp / d logits = onehot(label) - softmax, scaled by the incoming gradient, in place
+            grad_logits = _chunk_logits(hidden[rows], weight, bias).sub_(lse[rows, None]).exp_().mul_(-g)  # (C, V)
+            grad_logits.scatter_add_(-1, labels[rows, None], g)
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad_logits.to(hidden.dtype) @ weight.to(hidden.dtype)  # (C, H)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, hidden[rows].to(lse.dtype))  # (V, H)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def _logp_dtype(hidden):
+    """fp32 for fp16/bf16/fp32 hidden states (the log-softmax is always taken in fp32), fp64 for fp64."""
+    return torch.promote_types(hidden.dtype, torch.float32)
+
+
+def _chunk_logits(hidden, weight, bias):
+    """(C, H) -> (C, V) logits in fp32; the matmul runs in the hidden states' dtype (bf16 under autocast)."""
+    logits = hidden @ weight.to(hidden.dtype).T
+    if bias is not None:
+        logits = logits + bias.to(hidden.dtype)
+    return logits.to(_logp_dtype(hidden))
+
+
+def label_logps(hidden, lm_head, labels, chunk_rows=None):
+    """log p(label | hidden) under a linear LM head, per row: (N, H) -> (N,) fp32, without ever
+    holding the (N, V) logits of all rows (`_ChunkedLabelLogps`). The oracle is
+    `log_softmax(lm_head(hidden)).gather(labels)` (tests/test_logprobs.py).
+
+    Args:
+        hidden: (N, H) final hidden states (after the final norm), one row per scored position.
+        lm_head: an nn.Linear (H -> V), the model's output layer; a tied embedding is fine.
+        labels: (N,) the token each row scores.
+        chunk_rows: rows per block; default: a (chunk, V) fp32 block of about 64 MB.
+    """
+    vocab = lm_head.weight.shape[0]
+    chunk_rows = chunk_rows or max(1, (64 << 20) // (4 * vocab))
+    return _ChunkedLabelLogps.apply(hidden, lm_head.weight, lm_head.bias, labels, chunk_rows)
+
+
+def scored_logps(hidden, lm_head, labels, ignore_index=-100, average=False, chunk_rows=None):
     """`sequence_logps` with the LM head applied only where a label is scored.
 
     The full path turns every position into V logits, prompt and padding included; here only
-    the N completion positions are: (N, H) -> (N, V) instead of (B, T, V), which saves LM-head
-    FLOPs and memory when prompts or padding are long or V is large (SmolLM2: 49,152).
+    the N completion positions are, and in blocks (`label_logps`), so neither the forward nor
+    the backward holds a (B, T, V) or even an (N, V) tensor. That saves LM-head FLOPs when
+    prompts or padding are long and memory whatever they are (SmolLM2's V is 49,152).
     The oracle is `sequence_logps(lm_head(hidden), labels)` (tests/test_logprobs.py).
 
     Args:
         hidden: (B, T, H) final hidden states (after the final norm) over `input_ids`.
-        lm_head: the model's output layer, (..., H) -> (..., V).
+        lm_head: the model's output layer, an nn.Linear (H -> V).
         labels: (B, T) `input_ids` with prompt and padding positions set to `ignore_index`.
+        chunk_rows: see `label_logps`.
     Returns:
         (B,) fp32 sums (means with average=True) of log p(label_t | prefix).
     """
@@ -86,8 +161,7 @@ def scored_logps(hidden, lm_head, labels, ignore_index=-100, average=False):
         raise ValueError(f"sequences {(counts == 0).nonzero().flatten().tolist()} have no completion tokens "
                          f"(every label is {ignore_index}); drop empty completions before scoring them")
     rows = mask.nonzero(as_tuple=True)[0]  # (N,) the row of each scored position
-    logits = lm_head(hidden[:, :-1][mask]).float()  # (N, V)
-    picked = logits.gather(-1, labels[mask].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N,)
+    picked = label_logps(hidden[:, :-1][mask], lm_head, labels[mask], chunk_rows)  # (N,)
     total = torch.zeros(len(labels), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
     return total / counts if average else total
 
@@ -154,3 +228,29 @@ def forward_logps(model, input_ids, attention_mask, labels, average=False, compl
     ).logits
     return sequence_logps(logits, labels, average=average)
 
+
+
+class SequenceScorer(torch.nn.Module):
+    """A causal LM as a module whose forward is (input_ids, attention_mask, labels) -> (B,)
+    sequence log-probs (`forward_logps`).
+
+    What to hand to DDP (`accelerator.prepare`) with completion_only=True: that path calls the
+    LM's base model and output layer directly, bypassing the LM's own forward, so a DDP wrapper
+    around the LM would never see the forward and would not average the gradients. Wrapped
+    around this module it does (tests/test_distributed.py). Use with `concatenated_scores`.
+    """
+
+    def __init__(self, model, completion_only=True, average=False):
+        super().__init__()
+        self.model, self.completion_only, self.average = model, completion_only, average
+
+    def forward(self, input_ids, attention_mask, labels):
+        return forward_logps(self.model, input_ids, attention_mask, labels, self.average, self.completion_only)
+
+
+def concatenated_scores(scorer, batch):
+    """`concatenated_forward` through a `SequenceScorer` (or a DDP wrapper of one): the
+    `forward` argument of `train.dpo_step` when the policy passed to it is the scorer."""
+    logps = scorer(**concatenated_inputs(batch))  # (2B,)
+    n_pairs = batch["chosen_input_ids"].shape[0]
+    return logps[:n_pairs], logps[n_pairs:]

@@ -164,7 +164,33 @@ def pair_batches(n_pairs, batch_size, n_steps, seed):
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_steps)]
 
 
-def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10, checkpoint=None):
+def length_bucketed(batches, lengths, seed, window=16):
+    """`batches` regrouped so that each holds pairs of similar length: less padding per step.
+
+    Within each run of `window` consecutive batches, the pairs are sorted by length, cut into
+    batches of the same sizes, and those batches put back in a seeded random order. Every pair
+    still appears at the same step give or take `window`, and the result is still a pure
+    function of the seed (resume relies on that). Long prompts and answers of varied length
+    (TL;DR, HH) waste most to padding; the IMDb pairs of the cpu profile only 7%.
+
+    Args:
+        batches: lists of pair indices, as `pair_batches` gives them.
+        lengths: per pair index, its padded cost (e.g. the longer of its two sequences).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(batches), window):
+        group = batches[start : start + window]
+        ordered = sorted((i for batch in group for i in batch), key=lambda i: lengths[i])
+        sizes = [len(batch) for batch in group]
+        cuts = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        regrouped = [ordered[a:b] for a, b in zip(cuts, cuts[1:])]
+        out += [regrouped[k] for k in torch.randperm(len(regrouped), generator=g).tolist()]
+    return out
+
+
+def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10, checkpoint=None,
+                   lengths=None):
     """The loop shared by DPO and the offline baselines.
 
     Args:
@@ -174,6 +200,7 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
             before training, every `eval_every` steps and after the last step.
         checkpoint: a `checkpoint.Checkpoint`; the loop resumes from it when it holds a state of
             this run, and saves to it every `checkpoint.every` steps and after the last.
+        lengths: per pair, its length; given, batches are bucketed by length (`length_bucketed`).
     Returns:
         (train_log, eval_rows): lists of dicts, one per step and one per evaluation.
     """
@@ -186,6 +213,8 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
         first = done + 1
     last_saved = None if resumed is None else first - 1
     batches = pair_batches(pairs, batch_size, n_steps, seed)  # a pure function of the seed: the data position is the step
+    if lengths is not None:
+        batches = length_bucketed(batches, lengths, seed)
     for i in range(first, n_steps + 1):
         try:
             train_log.append({"step": i, **step(batches[i - 1])})

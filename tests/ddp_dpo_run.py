@@ -1,7 +1,10 @@
 """A few DPO steps on the tiny model under accelerate, for the multi-process test:
 
-    python tests/ddp_dpo_run.py OUT.safetensors                                   (one process)
-    accelerate launch --multi_gpu --num_processes 2 tests/ddp_dpo_run.py OUT.safetensors
+    python tests/ddp_dpo_run.py OUT.safetensors [--completion-only]               (one process)
+    accelerate launch --multi_gpu --num_processes 2 tests/ddp_dpo_run.py OUT.safetensors [--completion-only]
+
+With --completion-only the LM head runs on completion positions only, through a
+`logprobs.SequenceScorer` that DDP wraps instead of the model.
 
 Every process builds the same model and pairs and takes its share of each global batch of 4
 pairs; the main process writes the trained parameters and the logged metrics.
@@ -16,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from dpo_core.data import collate_pairs, make_pair
+from dpo_core.logprobs import SequenceScorer, concatenated_forward, concatenated_scores
 from dpo_core.distributed import local_share, make_accelerator, mean_over_processes, to_device
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import disable_dropout, dpo_step, pair_batches, reference_logps
@@ -31,16 +35,21 @@ if __name__ == "__main__":
     # SGD: its step is the averaged gradient itself; RMSprop's sqrt normalisation would turn
     # float-rounding differences in near-zero gradients into full-size steps
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    trained = policy
+    if "--completion-only" in sys.argv:
+        policy, forward = SequenceScorer(policy, completion_only=True), concatenated_scores
+    else:
+        forward = concatenated_forward
     policy, optimizer = accelerator.prepare(policy, optimizer)
     log = []
     for indices in pair_batches(len(examples), batch_size=4, n_steps=4, seed=0):
         mine = local_share(indices, accelerator)
         batch = to_device(collate_pairs([examples[i] for i in mine], tok.pad_token_id), accelerator.device)
         ref_chosen, ref_rejected = reference_logps(reference, batch)
-        log.append(mean_over_processes(dpo_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta=0.1),
+        log.append(mean_over_processes(dpo_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta=0.1,
+                                                forward=forward),
                                        accelerator))
     if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(policy)
         save_file({n: p.detach().contiguous() for n, p in trained.named_parameters()}, sys.argv[1])
         print(json.dumps({"processes": accelerator.num_processes, "log": log}))
     accelerator.wait_for_everyone()

@@ -16,18 +16,20 @@ SCRIPT = Path(__file__).with_name("ddp_dpo_run.py")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
-def run(command, out):
+def run(command, out, *flags):
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, str(SCRIPT), str(out)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run([*command, str(SCRIPT), str(out), *flags], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), load_file(str(out))
 
 
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate's launcher is not installed beside this python")
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    single_info, single = run([sys.executable], tmp_path / "single.safetensors")
+@pytest.mark.parametrize("flags", [(), ("--completion-only",)], ids=["full-logits", "completion-only-scorer"])
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, flags):
+    single_info, single = run([sys.executable], tmp_path / "single.safetensors", *flags)
     multi_info, multi = run([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no"], tmp_path / "multi.safetensors")
+                             "--mixed_precision", "no", "--dynamo_backend", "no"], tmp_path / "multi.safetensors", *flags)
     assert (single_info["processes"], multi_info["processes"]) == (1, 2)
     initial = dict(tiny_gpt2(seed=0).named_parameters())
     moved = max((single[n] - initial[n]).abs().max().item() for n in single)

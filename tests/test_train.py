@@ -60,3 +60,22 @@ def test_nan_loss_stops_before_the_weights_change(setup):
     with pytest.raises(FloatingPointError, match="weights left unchanged"):
         dpo_step(policy, torch.optim.SGD(policy.parameters(), lr=1.0), batch, nan, nan, beta=0.1)
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_length_buckets_keep_every_pair_and_cut_padding():
+    from dpo_core.train import length_bucketed, pair_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 200, (100,), generator=g).tolist()
+    batches = pair_batches(100, 8, 40, seed=3)
+    bucketed = length_bucketed(batches, lengths, seed=3, window=10)
+    assert bucketed == length_bucketed(batches, lengths, seed=3, window=10)  # a pure function of the seed
+    assert [len(b) for b in bucketed] == [len(b) for b in batches]
+    for start in range(0, 40, 10):  # the same pairs within each window of steps, so the data order barely moves
+        assert sorted(sum(bucketed[start:start + 10], [])) == sorted(sum(batches[start:start + 10], []))
+
+    def padded(bs):  # tokens a step pays for: batch size x its longest pair
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    real = sum(lengths[i] for b in batches for i in b)
+    assert real <= padded(bucketed) < real + 0.25 * (padded(batches) - real)  # lengths 10-200: most padding goes
