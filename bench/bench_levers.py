@@ -9,6 +9,8 @@ interleaved (A, B, A, B, ...) so that a busy or throttled machine slows both ali
                         no (N, V) tensor kept for the backward, against the materialised one
     length-buckets      4 steps over 32 pairs of varied length (8-128 completion tokens), batches
                         bucketed by length (`train.length_bucketed`) against random batches
+    draw                one sampling draw for 64 rows over the vocabulary: inverse CDF (`sampling.draw`)
+                        against torch.multinomial on the softmax (Gumbel-max reported beside)
     frozen-bottom       top-4 training on cached bottom states against the full forward
     reference-cached    pi_ref's log-probs precomputed against a reference forward in every step
     threads             torch.set_num_threads(1) against the default
@@ -190,6 +192,26 @@ def lever_length_buckets(model_name, reps, prompt_tokens, pairs=32, steps=4, bat
             "padding_share_plain": padded_share(plain), "padding_share_lever": padded_share(bucketed)}
 
 
+def lever_draw(model_name, reps, rows=64, calls=20):
+    """`calls` draws of one token per row from (rows, V) logits, the sampler's per-token step."""
+    from dpo_core.sampling import draw
+
+    model, _ = load(model_name)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    g = torch.Generator().manual_seed(1)
+
+    def repeat(fn):
+        return lambda: [fn() for _ in range(calls)]
+
+    result = interleaved({
+        "plain": repeat(lambda: torch.multinomial(torch.softmax(logits, -1), 1, generator=g)),
+        "lever": repeat(lambda: draw(logits, 1.0, g)),
+        "gumbel": repeat(lambda: (logits - torch.empty_like(logits).exponential_(generator=g).log()).argmax(-1)),
+    }, reps)
+    return {name: seconds / calls for name, seconds in result.items()} | {"rows": rows, "vocab": vocab}
+
+
 def lever_frozen_bottom(model_name, reps, prompt_tokens, completion_tokens):
     from dpo_core import frozen
     from dpo_core.logprobs import concatenated_forward, concatenated_inputs
@@ -278,7 +300,7 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--completion-tokens", type=int, default=32)
     parser.add_argument("--levers", default="lm-head-scored,lm-head-scored-top,chunked-log-softmax,length-buckets,"
-                                            "frozen-bottom,reference-cached,threads,malloc")
+                                            "draw,frozen-bottom,reference-cached,threads,malloc")
     parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--forward", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -289,6 +311,7 @@ def main():
             "chunked-log-softmax": lambda: lever_forwards(*shape, plain="scored-materialised", lever="scored-chunked"),
             "length-buckets": lambda: lever_length_buckets(*shape[:3]),
             "lm-head-scored-top": lambda: lever_lm_head_top(*shape),
+            "draw": lambda: lever_draw(args.model, args.reps),
             "frozen-bottom": lambda: lever_frozen_bottom(*shape),
             "reference-cached": lambda: lever_reference(*shape),
             "threads": lambda: lever_threads(*shape),
@@ -316,6 +339,8 @@ def render(record):
                   "peak RSS plain -> lever MB |", "|---|---|---|---|---|---|"]
         for name, r in results.items():
             diff = f"{r['max_logp_difference']:.1e}" if "max_logp_difference" in r else "n/a (same computation)"
+            if "gumbel" in r:
+                diff = f"n/a (same distribution); per draw of {r['rows']} x {r['vocab']}; Gumbel-max {r['gumbel']:.4f} s"
             if "padding_share_plain" in r:
                 diff = f"n/a; padding {r['padding_share_plain']:.0%} -> {r['padding_share_lever']:.0%} of tokens"
             memory = (f"{r['plain_peak_rss_mb']:.0f} -> {r['lever_peak_rss_mb']:.0f}" if "plain_peak_rss_mb" in r

@@ -29,22 +29,24 @@ def disable_dropout(model):
 
 
 @torch.no_grad()
-def reference_logps(reference_model, batch):
+def reference_logps(reference_model, batch, completion_only=False):
     """(chosen, rejected) summed log-probs under the frozen reference, each (B,), no graph."""
-    return concatenated_forward(reference_model, batch)
+    return concatenated_forward(reference_model, batch, completion_only=completion_only)
 
 
 @torch.no_grad()
-def precompute_reference_logps(reference_model, examples, pad_token_id, batch_size=16):
+def precompute_reference_logps(reference_model, examples, pad_token_id, batch_size=16, completion_only=False):
     """pi_ref's (chosen, rejected) log-probs of every `make_pair` example, each (N,), computed once
-    before training so the reference model is never run in the loop."""
+    before training so the reference model is never run in the loop. completion_only: the path
+    the policy will be trained with (`logprobs.forward_logps`), so that pi = pi_ref gives
+    exactly the same log-probs at step 0."""
     from dpo_core.data import collate_pairs
 
     device = next(reference_model.parameters()).device
     chosen, rejected = [], []
     for start in range(0, len(examples), batch_size):
         batch = collate_pairs(examples[start : start + batch_size], pad_token_id)
-        c, r = reference_logps(reference_model, {k: v.to(device) for k, v in batch.items()})
+        c, r = reference_logps(reference_model, {k: v.to(device) for k, v in batch.items()}, completion_only)
         chosen.append(c.cpu())
         rejected.append(r.cpu())
     return torch.cat(chosen), torch.cat(rejected)
@@ -189,6 +191,11 @@ def length_bucketed(batches, lengths, seed, window=16):
     return out
 
 
+def pair_lengths(examples):
+    """Per `make_pair` example, the longer of its two sequences: what it costs in a padded batch."""
+    return [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
+
+
 def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10, checkpoint=None,
                    lengths=None):
     """The loop shared by DPO and the offline baselines.
@@ -207,7 +214,8 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
     resumed = checkpoint.restore() if checkpoint is not None else None
     if resumed is None:
         first, train_log, eval_rows = 1, [], [{"step": 0, **evaluate(0)}]
-        print(f"step 0: {eval_rows[-1]}")
+        if len(eval_rows[-1]) > 1:  # stages without an evaluation (lambda n: {}) have nothing to say
+            print(f"step 0: {eval_rows[-1]}")
     else:
         done, train_log, eval_rows = resumed
         first = done + 1
