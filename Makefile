@@ -132,7 +132,10 @@ bench: assets
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) bench/bench_dpo.py --model tiny --steps 10
 	$(PY) bench/bench_dpo.py --model smollm2-135m --steps 6
+	rm -f bench/LEVERS.json
 	$(PY) bench/bench_levers.py --model smollm2-135m --reps 5
+	$(PY) bench/bench_levers.py --model smollm2-135m --reps 3 --prompt-tokens 96 \
+	  --levers lm-head-scored,lm-head-scored-top,chunked-log-softmax
 	$(PY) bench/bench_lengths.py --model smollm2-135m --lengths 16,32,64,128 --steps 3
 
 lab: install

@@ -1,7 +1,8 @@
 """Step time against sequence length, dpo_core against TRL, one run (issue 8, item 5).
 
 For each completion length, the same jobs as bench_dpo.py (each in its own process, the same
-model, pairs and batch of 8, fp32): dpo_core's step and TRL's DPOTrainer at its defaults and in
+model, pairs and batch of 8, fp32): dpo_core's step (plain; lean: LM head on completion tokens
+in blocks; lean-gc: lean with gradient checkpointing) and TRL's DPOTrainer at its defaults and in
 its fastest configuration. Writes bench/LENGTHS.json and the plot bench/step_time_vs_length.png.
 
 Usage: python bench/bench_lengths.py --model smollm2-135m --lengths 16,32,64,128 --steps 3
@@ -15,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_dpo  # noqa: E402
 
-JOBS = ("dpo-core", "trl-fast", "trl-default")
+JOBS = ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-fast", "trl-default")
 
 
 def main():
@@ -45,7 +46,7 @@ def plot(rows, model, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for job, marker in zip(JOBS, "osd"):
+    for job, marker in zip(JOBS, "o^vsd"):
         points = [(r["completion_tokens"] + bench_dpo.PROMPT_TOKENS, r["step_median_s"]) for r in rows
                   if r["job"] == job and "step_median_s" in r]
         if points:
