@@ -42,6 +42,24 @@ def matmul_peak(n=2048, repeats=5):
     return 2 * n**3 / best / 1e9
 
 
+def reset_peak_rss():
+    """Start this process's peak-RSS count afresh (Linux: /proc/self/clear_refs), so that what
+    follows is measured without the model loading before it; a no-op elsewhere."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb():
+    """Peak RSS since the last `reset_peak_rss` (VmHWM), else since the process started."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -91,10 +109,12 @@ def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
     batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in pairs], tok.pad_token_id)
     ref_c, ref_r = reference_logps(model, batch)  # precomputed once; pi = pi_ref at the start
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    reset_peak_rss()
     times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
              for _ in range(warmup + steps)]
     tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
-    return step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters()))
+    return {**step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters())),
+            "train_peak_rss_mb": peak_rss_mb()}
 
 
 def bench_trl(model_name, steps, warmup, fast):
@@ -109,6 +129,9 @@ def bench_trl(model_name, steps, warmup, fast):
     times = []
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            reset_peak_rss()  # after loading, and after TRL fast's reference precompute (as for dpo-core)
+
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
 
@@ -125,7 +148,8 @@ def bench_trl(model_name, steps, warmup, fast):
                          callbacks=[Clock()])
     trainer.train()
     tokens = 2 * PAIRS * (PROMPT_TOKENS + COMPLETION_TOKENS)  # nominal: the same pairs as dpo-core
-    return step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters()))
+    return {**step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters())),
+            "train_peak_rss_mb": peak_rss_mb()}
 
 
 def bench_sampling(model_name, method, new_tokens=32, n_prompts=64):
@@ -241,13 +265,14 @@ def render(records):
                   f"torch {rec['torch']}, {rec['threads']} threads, fp32; matmul peak measured in this run: "
                   f"{rec['matmul_peak_gflops']:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
                   f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens.", "",
-                  "| job | step median s (min-max) | tokens/s | GFLOP/s (6NT) | MFU | peak RSS MB |", "|---|---|---|---|---|---|"]
+                  "| job | step median s (min-max) | tokens/s | GFLOP/s (6NT) | MFU | peak RSS MB: training / whole process |",
+                  "|---|---|---|---|---|---|"]
         for job in ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast"):
             x = r.get(job, {})
             if "step_median_s" in x:
                 lines.append(f"| {job} | {x['step_median_s']:.3f} ({x['step_min_s']:.3f}-{x['step_max_s']:.3f}) | "
                              f"{x['tokens_per_s']:.0f} | {x['gflops']:.1f} | {x['gflops'] / rec['matmul_peak_gflops']:.0%} | "
-                             f"{x['peak_rss_mb']:.0f} |")
+                             f"{x.get('train_peak_rss_mb', 0):.0f} / {x['peak_rss_mb']:.0f} |")
             elif x:
                 lines.append(f"| {job} | failed: {x.get('error')} | | | | |")
         lines += ["", "| job | result | peak RSS MB |", "|---|---|---|"]
@@ -256,7 +281,7 @@ def render(records):
             values = ", ".join(f"{k} {v:.1f}" for k, v in x.items() if k != "peak_rss_mb" and isinstance(v, float))
             lines.append(f"| {job} | {values or x.get('error', 'not run')} | {x.get('peak_rss_mb', 0):.0f} |")
         tps = {j: r.get(j, {}).get("tokens_per_s") for j in ("dpo-core", "dpo-core-lean", "trl-default", "trl-fast")}
-        rss = {j: r.get(j, {}).get("peak_rss_mb", 0) for j in
+        rss = {j: r.get(j, {}).get("train_peak_rss_mb", 0) for j in
                ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast")}
         s_core, s_gen, s_bound = (r.get(j, {}).get("new_tokens_per_s") for j in ("sample-core", "sample-generate", "decode-bound"))
         mfu = {j: r.get(j, {}).get("gflops", 0) / rec["matmul_peak_gflops"] for j in ("dpo-core", "dpo-core-lean")}
@@ -267,9 +292,9 @@ def render(records):
                   f"{ratio(tps['dpo-core-lean'], tps['trl-fast'])} |",
                   f"| >= 70% of matmul peak (full-model step; nominal 6NT FLOPs) | {mfu['dpo-core']:.0%} | "
                   f"{mfu['dpo-core-lean']:.0%} |",
-                  f"| peak memory no higher than TRL fastest (no checkpointing either) | {rss['dpo-core']:.0f} vs "
+                  f"| peak memory while training no higher than TRL fastest (no checkpointing either) | {rss['dpo-core']:.0f} vs "
                   f"{rss['trl-fast']:.0f} MB | {rss['dpo-core-lean']:.0f} vs {rss['trl-fast']:.0f} MB |",
-                  f"| peak memory no higher than TRL default (with gradient checkpointing: dpo-core-lean-gc) | | "
+                  f"| peak memory while training no higher than TRL default (checkpointing: dpo-core-lean-gc) | | "
                   f"{rss['dpo-core-lean-gc']:.0f} vs {rss['trl-default']:.0f} MB |",
                   f"| sampler >= 1.5x model.generate | {ratio(s_core, s_gen)} | |",
                   f"| sampler within 20% of the decode bound | {ratio(s_core, s_bound)} of it | |", ""]

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dpo import load, make_pairs  # noqa: E402
+from bench_dpo import load, make_pairs, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 N_TOP = 4  # the cpu profile's train_layers (1 on the 2-block tiny model)
 
@@ -278,19 +278,18 @@ def lever_malloc(args):
 
 
 def one_step(args):
-    """Time a full-model DPO step of one forward path; print seconds and this process's peak RSS."""
-    import resource
-
+    """Time a full-model DPO step of one forward path; print seconds and the peak RSS of the steps."""
     from dpo_core.train import dpo_step
 
     model, _, batch, (ref_c, ref_r) = setup(args.model, args.prompt_tokens, args.completion_tokens)
     forward = forwards()[args.forward]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    reset_peak_rss()  # the steps' peak, not the loading's
     for _ in range(2):
         dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward)
     seconds = statistics.median(timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
                                 for _ in range(3))
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb()}))
 
 
 def main():
@@ -332,8 +331,8 @@ def render(record):
     lines = ["# Speed levers, one at a time", "", "Written by `bench/bench_levers.py`; do not edit by hand. Each row: "
              "one DPO step (8 pairs, fp32, 2 cores; length-buckets: 4 steps), median of interleaved repetitions "
              "of the plain path and the lever in the same process; the plain path is the oracle for the "
-             "log-probs. Peak RSS, where given: each path alone in a process of its own (model, reference "
-             "copy and two steps).", ""]
+             "log-probs. Peak RSS, where given: each path alone in a process of its own, the peak during its "
+             "steps (the model and a reference copy loaded before are included, their loading peak is not).", ""]
     for shape, results in record.items():
         lines += [f"## {shape}", "", "| lever | plain s | with lever s | speed-up | max log-prob difference | "
                   "peak RSS plain -> lever MB |", "|---|---|---|---|---|---|"]

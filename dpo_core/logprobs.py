@@ -67,26 +67,38 @@ def sequence_logps(logits, labels, ignore_index=-100, average=False):
 class _ChunkedLabelLogps(torch.autograd.Function):
     """log_softmax(hidden @ weight.T + bias)[label] per row, a chunk of rows at a time.
 
-    Neither pass holds more than one (chunk, V) block of logits: the forward keeps only the
-    per-row logsumexp, and the backward recomputes each chunk's logits from `hidden` and
-    `weight` (one extra LM-head matmul) to form d logp / d logits = onehot(label) - softmax.
+    Neither pass holds more than one (chunk, V) block of logits. Two ways to get the gradient:
+    - the head is trained: the forward keeps only the per-row logsumexp, and the backward
+      recomputes each chunk's logits (one extra LM-head matmul) to form
+      d logp / d logits = onehot(label) - softmax;
+    - the head is frozen (top-layer training, a tied frozen embedding): d logp / d hidden =
+      (onehot(label) - softmax) @ weight is formed in the forward, (N, H), and the backward only
+      scales it by the incoming gradient, so no matmul is repeated.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_rows):  # hidden (N, H), weight (V, H), labels (N,)
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows, grad_in_forward):  # (N, H), (V, H), (V,), (N,)
         logps = hidden.new_empty(len(labels), dtype=_logp_dtype(hidden))  # (N,)
-        lse = torch.empty_like(logps)  # (N,) kept for the backward
+        lse = torch.empty_like(logps)  # (N,)
+        dlogp_dhidden = torch.empty_like(hidden) if grad_in_forward else None  # (N, H)
         for start in range(0, len(labels), chunk_rows):
             rows = slice(start, start + chunk_rows)
             logits = _chunk_logits(hidden[rows], weight, bias)  # (C, V) fp32
             lse[rows] = torch.logsumexp(logits, dim=-1)
             logps[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.chunk_rows = chunk_rows
+            if grad_in_forward:  # onehot - softmax, in place, then through the head
+                onehot_minus_softmax = logits.sub_(lse[rows, None]).exp_().neg_()
+                onehot_minus_softmax.scatter_add_(-1, labels[rows, None], torch.ones_like(logps[rows, None]))
+                dlogp_dhidden[rows] = onehot_minus_softmax.to(hidden.dtype) @ weight.to(hidden.dtype)
+        ctx.chunk_rows, ctx.grad_in_forward = chunk_rows, grad_in_forward
+        ctx.save_for_backward(*((dlogp_dhidden,) if grad_in_forward else (hidden, weight, bias, labels, lse)))
         return logps
 
     @staticmethod
     def backward(ctx, grad_logps):  # (N,)
+        if ctx.grad_in_forward:
+            (dlogp_dhidden,) = ctx.saved_tensors
+            return grad_logps[:, None].to(dlogp_dhidden.dtype) * dlogp_dhidden, None, None, None, None, None
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
@@ -105,7 +117,7 @@ class _ChunkedLabelLogps(torch.autograd.Function):
                 grad_bias += grad_logits.sum(0)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def _logp_dtype(hidden):
@@ -132,9 +144,11 @@ def label_logps(hidden, lm_head, labels, chunk_rows=None):
         labels: (N,) the token each row scores.
         chunk_rows: rows per block; default: a (chunk, V) fp32 block of about 64 MB.
     """
-    vocab = lm_head.weight.shape[0]
-    chunk_rows = chunk_rows or max(1, (64 << 20) // (4 * vocab))
-    return _ChunkedLabelLogps.apply(hidden, lm_head.weight, lm_head.bias, labels, chunk_rows)
+    weight, bias = lm_head.weight, lm_head.bias
+    chunk_rows = chunk_rows or max(1, (64 << 20) // (4 * weight.shape[0]))
+    head_frozen = not weight.requires_grad and (bias is None or not bias.requires_grad)
+    grad_in_forward = torch.is_grad_enabled() and hidden.requires_grad and head_frozen
+    return _ChunkedLabelLogps.apply(hidden, weight, bias, labels, chunk_rows, grad_in_forward)
 
 
 def scored_logps(hidden, lm_head, labels, ignore_index=-100, average=False, chunk_rows=None):

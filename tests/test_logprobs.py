@@ -177,12 +177,13 @@ def plain_label_logps(hidden, head, labels):
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 100])
 @pytest.mark.parametrize("bias", [False, True])
-def test_chunked_label_logps_match_the_full_log_softmax_with_gradients(chunk_rows, bias):
+@pytest.mark.parametrize("head_frozen", [False, True], ids=["head-trained", "head-frozen"])
+def test_chunked_label_logps_match_the_full_log_softmax_with_gradients(chunk_rows, bias, head_frozen):
     from dpo_core.logprobs import label_logps
 
     g = torch.Generator().manual_seed(4)
     hidden = torch.randn(10, 6, generator=g, requires_grad=True)  # (N, H)
-    head = torch.nn.Linear(6, 50, bias=bias)
+    head = torch.nn.Linear(6, 50, bias=bias).requires_grad_(not head_frozen)
     labels = torch.randint(0, 50, (10,), generator=g)
     upstream = torch.randn(10, generator=g)  # a different weight per row, as DPO's loss gives
     results = []
@@ -191,8 +192,8 @@ def test_chunked_label_logps_match_the_full_log_softmax_with_gradients(chunk_row
         head.zero_grad()
         logps = fn(hidden, head, labels)
         (logps * upstream).sum().backward()
-        results.append([logps.double(), hidden.grad.clone(), head.weight.grad.clone()]
-                       + ([head.bias.grad.clone()] if bias else []))
+        results.append([logps.double(), hidden.grad.clone()] + ([] if head_frozen else (
+            [head.weight.grad.clone()] + ([head.bias.grad.clone()] if bias else []))))
     for expected, got in zip(*results):
         torch.testing.assert_close(got.double(), expected.double(), rtol=1e-5, atol=1e-6)
 
@@ -205,8 +206,10 @@ def test_chunked_label_logps_pass_gradcheck_in_float64():
     weight = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(9, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 9, (5,), generator=g)
-    fn = lambda h, w, b: _ChunkedLabelLogps.apply(h, w, b, labels, 2)  # noqa: E731  (float64 in, float64 out)
+    fn = lambda h, w, b: _ChunkedLabelLogps.apply(h, w, b, labels, 2, False)  # noqa: E731  (float64 in and out)
     assert torch.autograd.gradcheck(fn, (hidden, weight, bias))
+    frozen = lambda h: _ChunkedLabelLogps.apply(h, weight.detach(), bias.detach(), labels, 2, True)  # noqa: E731
+    assert torch.autograd.gradcheck(frozen, (hidden,))
 
 
 def test_chunked_label_logps_never_save_an_n_by_v_tensor():
@@ -226,3 +229,5 @@ def test_chunked_label_logps_never_save_an_n_by_v_tensor():
 
     assert largest_saved(plain_label_logps) >= n * vocab  # the plain path keeps the (N, V) logits
     assert largest_saved(lambda h, m, y: label_logps(h, m, y, chunk_rows=16)) == vocab * hidden_size  # the weight
+    head.requires_grad_(False)  # a frozen head: only d logp / d hidden, (N, H), is kept
+    assert largest_saved(lambda h, m, y: label_logps(h, m, y, chunk_rows=16)) == n * hidden_size
