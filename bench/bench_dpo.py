@@ -3,7 +3,8 @@
 Each measurement runs in its own child process (so peak RSS is its own) on the same model,
 the same preference pairs, the same batch and sequence lengths, fp32, after warm-up:
 
-    dpo-core        one DPO step of dpo_core (full model, reference log-probs precomputed)
+    dpo-core        one DPO step of dpo_core (full model, reference log-probs precomputed, fused
+                    AdamW: the optimizer transformers gives TRL by default)
     dpo-core-lean   the same with the LM head on completion positions only, in blocks
                     (`completion_only=True`: no (B, T, V) logits, less memory)
     dpo-core-lean-gc  dpo-core-lean with gradient checkpointing, as TRL's default has it
@@ -108,7 +109,7 @@ def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
     pairs = make_pairs(tok, PAIRS)
     batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in pairs], tok.pad_token_id)
     ref_c, ref_r = reference_logps(model, batch)  # precomputed once; pi = pi_ref at the start
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)  # what TRL (transformers) uses by default
     reset_peak_rss()
     times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
              for _ in range(warmup + steps)]
