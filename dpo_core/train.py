@@ -5,6 +5,9 @@ rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, plus rewards/
 since a strict accuracy reads 0 (not 0.5) when every pair ties, as at step 0.
 """
 
+import hashlib
+from pathlib import Path
+
 import torch
 
 from dpo_core.logprobs import concatenated_forward
@@ -50,6 +53,43 @@ def precompute_reference_logps(reference_model, examples, pad_token_id, batch_si
         chosen.append(c.cpu())
         rejected.append(r.cpu())
     return torch.cat(chosen), torch.cat(rejected)
+
+
+def reference_fingerprint(reference_model, examples, completion_only=False):
+    """sha256 of everything pi_ref's log-probs of `examples` depend on: every weight of the
+    model (by name and bytes), the log-prob path, and each pair's token ids and labels."""
+    digest = hashlib.sha256(f"{type(reference_model).__name__} completion_only={completion_only}".encode())
+    for name, p in reference_model.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for e in examples:
+        for key in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"):
+            digest.update(torch.tensor(e[key], dtype=torch.int64).numpy().tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def cached_reference_logps(cache_dir, reference_model, examples, pad_token_id, batch_size=16, completion_only=False):
+    """`precompute_reference_logps`, stored in `cache_dir/reference-<fingerprint>.safetensors`
+    and loaded from there by any later run with the same reference weights and pairs (a rerun,
+    another beta, another seed). An unreadable file is reported and recomputed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dpo_core.results import save_tensors
+
+    path = Path(cache_dir) / f"reference-{reference_fingerprint(reference_model, examples, completion_only)[:24]}.safetensors"
+    if path.is_file():
+        try:
+            stored = load_file(str(path))
+            if len(stored["chosen"]) == len(stored["rejected"]) == len(examples):
+                return stored["chosen"], stored["rejected"]
+            print(f"[reference] {path} holds {len(stored['chosen'])} pairs, not {len(examples)}; recomputing it")
+        except (SafetensorError, KeyError, RuntimeError, OSError) as error:
+            print(f"[reference] {path} is unreadable ({error}); recomputing it")
+    chosen, rejected = precompute_reference_logps(reference_model, examples, pad_token_id, batch_size, completion_only)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()})
+    return chosen, rejected
 
 
 def apply_loss(optimizer, loss, name, hint=""):

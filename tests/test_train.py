@@ -79,3 +79,33 @@ def test_length_buckets_keep_every_pair_and_cut_padding():
 
     real = sum(lengths[i] for b in batches for i in b)
     assert real <= padded(bucketed) < real + 0.25 * (padded(batches) - real)  # lengths 10-200: most padding goes
+
+
+def test_reference_log_probs_are_cached_by_content(tmp_path, capsys):
+    from dpo_core.train import cached_reference_logps, precompute_reference_logps
+
+    tok = byte_tokenizer()
+    examples = [encode_pair(tok, "The film", " was a delight.", " bored me.", 64),
+                encode_pair(tok, "Acting", " superb", " wooden and slow", 64)]
+    model = disable_dropout(tiny_gpt2(seed=2))
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    expected = precompute_reference_logps(model, examples, tok.pad_token_id)
+    first = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    n_calls = len(calls)
+    again = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    assert len(calls) == n_calls  # loaded, the model not run
+    for a, b, c in zip(expected, first, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    # other pairs, other weights: other files, computed afresh
+    cached_reference_logps(tmp_path, model, examples[:1], tok.pad_token_id)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.bias.add_(0.1)
+    changed = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    assert not torch.equal(changed[0], first[0])
+    assert len(list(tmp_path.glob("reference-*.safetensors"))) == 3
+    # a corrupt file is reported and recomputed
+    for path in tmp_path.glob("reference-*.safetensors"):
+        path.write_bytes(b"not a safetensors file")
+    recomputed = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    assert torch.equal(recomputed[0], changed[0]) and "unreadable" in capsys.readouterr().out
