@@ -81,15 +81,16 @@ class _ChunkedLabelLogps(torch.autograd.Function):
         logps = hidden.new_empty(len(labels), dtype=_logp_dtype(hidden))  # (N,)
         lse = torch.empty_like(logps)  # (N,)
         dlogp_dhidden = torch.empty_like(hidden) if grad_in_forward else None  # (N, H)
+        weight_h = weight.to(hidden.dtype)  # cast once (bf16 under autocast), not per chunk
         for start in range(0, len(labels), chunk_rows):
             rows = slice(start, start + chunk_rows)
-            logits = _chunk_logits(hidden[rows], weight, bias)  # (C, V) fp32
+            logits = _chunk_logits(hidden[rows], weight_h, bias)  # (C, V) fp32
             lse[rows] = torch.logsumexp(logits, dim=-1)
             logps[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
             if grad_in_forward:  # onehot - softmax, in place, then through the head
                 onehot_minus_softmax = logits.sub_(lse[rows, None]).exp_().neg_()
                 onehot_minus_softmax.scatter_add_(-1, labels[rows, None], torch.ones_like(logps[rows, None]))
-                dlogp_dhidden[rows] = onehot_minus_softmax.to(hidden.dtype) @ weight.to(hidden.dtype)
+                dlogp_dhidden[rows] = onehot_minus_softmax.to(hidden.dtype) @ weight_h
         ctx.chunk_rows, ctx.grad_in_forward = chunk_rows, grad_in_forward
         ctx.save_for_backward(*((dlogp_dhidden,) if grad_in_forward else (hidden, weight, bias, labels, lse)))
         return logps
@@ -103,14 +104,15 @@ class _ChunkedLabelLogps(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if ctx.needs_input_grad[1] else None
         grad_bias = torch.zeros_like(bias, dtype=lse.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        weight_h = weight.to(hidden.dtype)
         for start in range(0, len(labels), ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
             g = grad_logps[rows, None].to(lse.dtype)  # (C, 1)
             # d logp / d logits = onehot(label) - softmax, scaled by the incoming gradient, in place
-            grad_logits = _chunk_logits(hidden[rows], weight, bias).sub_(lse[rows, None]).exp_().mul_(-g)  # (C, V)
+            grad_logits = _chunk_logits(hidden[rows], weight_h, bias).sub_(lse[rows, None]).exp_().mul_(-g)  # (C, V)
             grad_logits.scatter_add_(-1, labels[rows, None], g)
             if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits.to(hidden.dtype) @ weight.to(hidden.dtype)  # (C, H)
+                grad_hidden[rows] = grad_logits.to(hidden.dtype) @ weight_h  # (C, H)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, hidden[rows].to(lse.dtype))  # (V, H)
             if grad_bias is not None:
@@ -127,7 +129,7 @@ def _logp_dtype(hidden):
 
 def _chunk_logits(hidden, weight, bias):
     """(C, H) -> (C, V) logits in fp32; the matmul runs in the hidden states' dtype (bf16 under autocast)."""
-    logits = hidden @ weight.to(hidden.dtype).T
+    logits = hidden @ weight.T  # weight already in hidden's dtype
     if bias is not None:
         logits = logits + bias.to(hidden.dtype)
     return logits.to(_logp_dtype(hidden))
@@ -241,7 +243,6 @@ def forward_logps(model, input_ids, attention_mask, labels, average=False, compl
         position_ids=position_ids_from_mask(attention_mask),
     ).logits
     return sequence_logps(logits, labels, average=average)
-
 
 
 class SequenceScorer(torch.nn.Module):
