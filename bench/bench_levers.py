@@ -13,6 +13,8 @@ interleaved (A, B, A, B, ...) so that a busy or throttled machine slows both ali
                         against torch.multinomial on the softmax (Gumbel-max reported beside)
     frozen-bottom       top-4 training on cached bottom states against the full forward
     reference-cached    pi_ref's log-probs precomputed against a reference forward in every step
+    fused-adamw         AdamW's fused CPU kernel (what transformers gives TRL) against its default loop;
+                        full-model step, real updates (lr 1e-6)
     threads             torch.set_num_threads(1) against the default
     malloc              glibc malloc tunables (no extra package) against the default: own processes
 
@@ -246,6 +248,15 @@ def lever_reference(model_name, reps, prompt_tokens, completion_tokens):
     }, reps)
 
 
+def lever_fused_adamw(model_name, reps, prompt_tokens, completion_tokens):
+    from dpo_core.train import dpo_step
+
+    model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
+    loop, fused = (torch.optim.AdamW(model.parameters(), lr=1e-6, fused=f) for f in (False, True))
+    return interleaved({"plain": lambda: dpo_step(model, loop, batch, ref_c, ref_r, 0.1),
+                        "lever": lambda: dpo_step(model, fused, batch, ref_c, ref_r, 0.1)}, reps)
+
+
 def lever_threads(model_name, reps, prompt_tokens, completion_tokens):
     from dpo_core.train import dpo_step
 
@@ -299,7 +310,7 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--completion-tokens", type=int, default=32)
     parser.add_argument("--levers", default="lm-head-scored,lm-head-scored-top,chunked-log-softmax,length-buckets,"
-                                            "draw,frozen-bottom,reference-cached,threads,malloc")
+                                            "draw,frozen-bottom,reference-cached,fused-adamw,threads,malloc")
     parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--forward", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -313,6 +324,7 @@ def main():
             "draw": lambda: lever_draw(args.model, args.reps),
             "frozen-bottom": lambda: lever_frozen_bottom(*shape),
             "reference-cached": lambda: lever_reference(*shape),
+            "fused-adamw": lambda: lever_fused_adamw(*shape),
             "threads": lambda: lever_threads(*shape),
             "malloc": lambda: lever_malloc(args)}
     results = {}
