@@ -163,21 +163,14 @@ def fingerprint(model, n_top, sequences):
 
 def cached_states(cache_dir, model, sequences, n_top, pad_token_id, batch_size=32):
     """`bottom_states`, loaded from `cache_dir/<fingerprint>.safetensors` when a run with the
-    same frozen weights and tokens made them already (written to a temporary name, then
-    renamed; an unreadable file is recomputed)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    same frozen weights and tokens made them already (`results.cached_tensors`: written to a
+    temporary name, then renamed; an unreadable file is recomputed)."""
+    from dpo_core.results import cached_tensors
 
-    from dpo_core.results import save_tensors
+    def compute():
+        states = bottom_states(model, sequences, n_top, pad_token_id, batch_size)
+        return {"states": torch.cat(states).contiguous(), "lengths": torch.tensor([len(s) for s in states])}
 
     path = Path(cache_dir) / f"bottom-{fingerprint(model, n_top, sequences)[:24]}.safetensors"
-    if path.is_file():
-        try:
-            stored = load_file(str(path))
-            return list(stored["states"].split(stored["lengths"].tolist()))
-        except (SafetensorError, KeyError, RuntimeError, OSError) as error:
-            print(f"[frozen] {path} is unreadable ({error}); recomputing it")
-    states = bottom_states(model, sequences, n_top, pad_token_id, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(path, {"states": torch.cat(states).contiguous(), "lengths": torch.tensor([len(s) for s in states])})
-    return states
+    stored = cached_tensors(path, compute, "frozen", valid=lambda t: int(t["lengths"].sum()) == len(t["states"]))
+    return list(stored["states"].split(stored["lengths"].tolist()))

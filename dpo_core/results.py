@@ -141,6 +141,28 @@ def save_tensors(path, tensors):
     os.replace(tmp, path)
 
 
+def cached_tensors(path, compute, name, valid=lambda tensors: True):
+    """The dict of tensors stored at `path` (a content-addressed cache file), or `compute()`
+    saved there first (`save_tensors`). A file that cannot be read, or that `valid` rejects,
+    is reported with `name` and computed again."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        try:
+            stored = load_file(str(path))
+            if valid(stored):
+                return stored
+            print(f"[{name}] {path} does not hold what its name says; recomputing it")
+        except (SafetensorError, KeyError, RuntimeError, OSError) as error:
+            print(f"[{name}] {path} is unreadable ({error}); recomputing it")
+    tensors = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, tensors)
+    return tensors
+
+
 def save_trained_parameters(module, path):
     """The parameters that require grad (the trained top layers, heads), as safetensors:
     a few tens of MB instead of the whole model."""

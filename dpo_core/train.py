@@ -71,25 +71,19 @@ def reference_fingerprint(reference_model, examples, completion_only=False):
 def cached_reference_logps(cache_dir, reference_model, examples, pad_token_id, batch_size=16, completion_only=False):
     """`precompute_reference_logps`, stored in `cache_dir/reference-<fingerprint>.safetensors`
     and loaded from there by any later run with the same reference weights and pairs (a rerun,
-    another beta, another seed). An unreadable file is reported and recomputed."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    another beta, another seed; `results.cached_tensors`). An unreadable file is recomputed."""
+    from dpo_core.results import cached_tensors
 
-    from dpo_core.results import save_tensors
+    def compute():
+        chosen, rejected = precompute_reference_logps(reference_model, examples, pad_token_id, batch_size,
+                                                      completion_only)
+        return {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}
 
-    path = Path(cache_dir) / f"reference-{reference_fingerprint(reference_model, examples, completion_only)[:24]}.safetensors"
-    if path.is_file():
-        try:
-            stored = load_file(str(path))
-            if len(stored["chosen"]) == len(stored["rejected"]) == len(examples):
-                return stored["chosen"], stored["rejected"]
-            print(f"[reference] {path} holds {len(stored['chosen'])} pairs, not {len(examples)}; recomputing it")
-        except (SafetensorError, KeyError, RuntimeError, OSError) as error:
-            print(f"[reference] {path} is unreadable ({error}); recomputing it")
-    chosen, rejected = precompute_reference_logps(reference_model, examples, pad_token_id, batch_size, completion_only)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(path, {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()})
-    return chosen, rejected
+    key = reference_fingerprint(reference_model, examples, completion_only)[:24]
+    path = Path(cache_dir) / f"reference-{key}.safetensors"
+    stored = cached_tensors(path, compute, "reference",
+                            valid=lambda t: len(t["chosen"]) == len(t["rejected"]) == len(examples))
+    return stored["chosen"], stored["rejected"]
 
 
 def apply_loss(optimizer, loss, name, hint=""):
