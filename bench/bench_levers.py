@@ -82,14 +82,29 @@ def interleaved(variants, reps, warmup=1):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def compare_steps(model, reference, reps, plain, lever):
+    """`plain` and `lever`: (forward, batch). Their largest log-prob difference, and the DPO step
+    of each timed interleaved; SGD with lr 0, so every repetition sees the same weights."""
+    from dpo_core.train import dpo_step
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    with torch.no_grad():
+        same = max((a - b).abs().max().item() for a, b in zip(plain[0](model, plain[1]), lever[0](model, lever[1])))
+
+    def step(forward, batch):
+        return lambda: dpo_step(model, optimizer, batch, *reference, 0.1, forward=forward)
+
+    return {**interleaved({"plain": step(*plain), "lever": step(*lever)}, reps), "max_logp_difference": same}
+
+
 def lever_lm_head_top(model_name, reps, prompt_tokens, completion_tokens):
     """The cpu profile's path (top blocks on cached bottom states): full logits against the library's
     scored, chunked LM head."""
     from dpo_core import frozen
     from dpo_core.logprobs import concatenated_inputs, sequence_logps
-    from dpo_core.train import dpo_step, train_top_layers
+    from dpo_core.train import train_top_layers
 
-    model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
+    model, _, batch, reference = setup(model_name, prompt_tokens, completion_tokens)
     k = n_top(model)
     train_top_layers(model, k)
     inputs = concatenated_inputs(batch)
@@ -102,14 +117,7 @@ def lever_lm_head_top(model_name, reps, prompt_tokens, completion_tokens):
         return logps[: len(logps) // 2], logps[len(logps) // 2 :]
 
     fast_forward = lambda m, b: frozen.concatenated_top_forward(m, b, k, completion_only=True)  # noqa: E731
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)  # lr 0: same weights
-    with torch.no_grad():
-        same = max((a - b).abs().max().item() for a, b in zip(plain_forward(model, batch), fast_forward(model, batch)))
-    result = interleaved({
-        "plain": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=plain_forward),
-        "lever": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=fast_forward),
-    }, reps)
-    return {**result, "max_logp_difference": same}
+    return compare_steps(model, reference, reps, (plain_forward, batch), (fast_forward, batch))
 
 
 def materialised_scored_forward(model, batch):
@@ -139,20 +147,12 @@ def forwards():
 
 def lever_forwards(model_name, reps, prompt_tokens, completion_tokens, plain, lever):
     """Two full-model forwards, timed interleaved in this process, and their peak RSS alone."""
-    from dpo_core.train import dpo_step
-
-    model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
+    model, _, batch, reference = setup(model_name, prompt_tokens, completion_tokens)
     paths = forwards()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: same weights every repetition
-    with torch.no_grad():
-        same = max((a - b).abs().max().item() for a, b in zip(paths[plain](model, batch), paths[lever](model, batch)))
-    result = interleaved({
-        "plain": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=paths[plain]),
-        "lever": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=paths[lever]),
-    }, reps)
+    result = compare_steps(model, reference, reps, (paths[plain], batch), (paths[lever], batch))
     memory = {f"{side}_peak_rss_mb": alone(model_name, prompt_tokens, completion_tokens, path)["peak_rss_mb"]
               for side, path in (("plain", plain), ("lever", lever))}
-    return {**result, **memory, "max_logp_difference": same}
+    return {**result, **memory}
 
 
 def alone(model_name, prompt_tokens, completion_tokens, forward="full", env=None):
@@ -217,24 +217,17 @@ def lever_draw(model_name, reps, rows=64, calls=20):
 def lever_frozen_bottom(model_name, reps, prompt_tokens, completion_tokens):
     from dpo_core import frozen
     from dpo_core.logprobs import concatenated_forward, concatenated_inputs
-    from dpo_core.train import dpo_step, train_top_layers
+    from dpo_core.train import train_top_layers
 
-    model, _, batch, (ref_c, ref_r) = setup(model_name, prompt_tokens, completion_tokens)
+    model, _, batch, reference = setup(model_name, prompt_tokens, completion_tokens)
     k = n_top(model)
     train_top_layers(model, k)
     inputs = concatenated_inputs(batch)
     cached = dict(batch)
     with torch.no_grad():
         cached["bottom"] = frozen.bottom_hidden(model, inputs["input_ids"], inputs["attention_mask"], k)
-        same = max((a - b).abs().max().item() for a, b in zip(concatenated_forward(model, batch),
-                                                               frozen.concatenated_top_forward(model, cached, k)))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    result = interleaved({
-        "plain": lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1),
-        "lever": lambda: dpo_step(model, optimizer, cached, ref_c, ref_r, 0.1,
-                                  forward=lambda m, b: frozen.concatenated_top_forward(m, b, k)),
-    }, reps)
-    return {**result, "max_logp_difference": same}
+    top_forward = lambda m, b: frozen.concatenated_top_forward(m, b, k)  # noqa: E731
+    return compare_steps(model, reference, reps, (concatenated_forward, batch), (top_forward, cached))
 
 
 def lever_reference(model_name, reps, prompt_tokens, completion_tokens):
