@@ -39,7 +39,8 @@ unit: install
 
 # nbval cannot inject parameters: papermill --prepare-only writes each notebook with its
 # smoke parameters (one copy per run of a sweep), then nbval runs them cell by cell, in name
-# order, which is the order of the experiment (lax: errors and asserts, not outputs).
+# order, which is the order of the experiment (lax: errors and asserts, not outputs). The
+# exercise notebooks follow, each with its smoke parameters: every stub filled with its solution.
 nbval: install
 	@rm -rf build/nbval build/smoke && mkdir -p build/nbval
 	@for stem in $(STEMS); do \
@@ -48,6 +49,11 @@ nbval: install
 	    $(PY) -m papermill --prepare-only -k python3 notebooks/$$stem.ipynb \
 	      build/nbval/$$stem-$$(basename $$f .yaml).ipynb -f $$f || exit 1; \
 	  done; \
+	done
+	@for nb in notebooks/exercises/ex[0-9][0-9]_*.ipynb; do \
+	  stem=$$(basename $$nb .ipynb); \
+	  $(PY) -m papermill --prepare-only -k python3 $$nb build/nbval/exercises-$$stem.ipynb \
+	    -f params/smoke/exercises/$$stem.yaml || exit 1; \
 	done
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-kernel-startup-timeout 180 build/nbval
 

@@ -15,6 +15,7 @@ Modules, one concern each:
     plotting    Fig. 2 (left)
     tiny        a tiny random-init GPT-2 and byte tokenizer for tests and smoke runs
     notebook    parameter checks for the papermill notebooks
+    exercises   graders, solutions and known mistakes of the exercise notebooks (notebooks/exercises/)
 """
 
 from dpo_core.logprobs import concatenated_forward, sequence_logps
