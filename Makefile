@@ -35,7 +35,7 @@ install: $(VENV)/.installed
 test: unit nbval
 
 unit: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 # nbval cannot inject parameters: papermill --prepare-only writes each notebook with its
 # smoke parameters (one copy per run of a sweep), then nbval runs them cell by cell, in name

@@ -1,10 +1,13 @@
 """Preference pairs as token ids, and their collation into right-padded batches.
 
 Token ids are kept end to end: what was sampled is exactly what is scored and trained on.
-Text enters once, through `encode_pair`, which tokenizes prompt and completions
-separately and concatenates the ids (as the official code does), so the prompt is always
-an exact prefix of both sequences.
+Text enters once, through `encode_pair`, which tokenizes each prompt + completion as one text
+and splits the ids where the prompt's own tokens stop matching (`split_prompt`), so that the
+ids decode to exactly the text, whatever the tokenizer does at word starts (SentencePiece's
+"▁", GPT-2's "Ġ"), and the prompt's ids are an exact prefix of both sequences.
 """
+
+import warnings
 
 import torch
 
@@ -53,11 +56,69 @@ def make_pair(prompt_ids, chosen_ids, rejected_ids, max_length):
     return example
 
 
-def encode_pair(tokenizer, prompt, chosen, rejected, max_length, append_eos=False):
-    """Text pair -> `make_pair` example. With append_eos, one EOS ends each completion
-    (only for completions that really ended; truncated samples must not get one)."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completions = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (chosen, rejected)]
+def special_prefix(tokenizer):
+    """The ids a tokenizer puts before any text (Llama's BOS; none for GPT-2 or SmolLM2)."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return with_special[:start]
+    return []
+
+
+def encode_prompt(tokenizer, prompt):
+    """A prompt's ids as the model should read them before sampling: the special prefix + the text."""
+    return special_prefix(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def common_prefix_length(a, b):
+    """Number of leading entries `a` and `b` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def split_prompt(tokenizer, prompt, completions):
+    """Tokenize each `prompt + completion` as one text and split it into a shared prompt part
+    and one completion part per text.
+
+    Tokenizing the completion on its own would add what a tokenizer adds at a text's start: a
+    SentencePiece/Metaspace tokenizer (Llama) prepends "▁", so "movie " + "deserves" decodes as
+    "movie  deserves". Instead the split falls where the ids of the whole text stop agreeing with
+    those of the prompt alone (and of each other), so `prompt_ids + completion_ids` is exactly
+    the tokenization of the whole text, decoding to `prompt + completion`.
+
+    A token can straddle the boundary: GPT-2 reads "The movie was" + "n't" as "...Ġwasn", "'t";
+    SentencePiece attaches a prompt's trailing space to the completion's first word. That token
+    then belongs to the completion (it is scored, a few prompt characters included), the shared
+    prompt is one token shorter than the prompt alone, and `straddled` is True. TRL warns in
+    this case and keeps a prompt that is not a prefix of the text; here the text stays exact.
+
+    Returns:
+        prompt_ids, [completion_ids per completion], straddled (bool).
+    """
+    prefix = special_prefix(tokenizer)
+    alone = prefix + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    wholes = [prefix + tokenizer(prompt + c, add_special_tokens=False)["input_ids"] for c in completions]
+    n = min(common_prefix_length(alone, whole) for whole in wholes)
+    return alone[:n], [whole[n:] for whole in wholes], n < len(alone)
+
+
+def encode_pair(tokenizer, prompt, chosen, rejected, max_length, append_eos=True):
+    """Text pair -> `make_pair` example, tokenized by `split_prompt` (the ids decode to exactly
+    prompt + chosen and prompt + rejected; a boundary-straddling token warns and is kept whole).
+
+    append_eos (default, as in TRL): one EOS ends each completion, so that the policy learns to
+    stop: right for complete answers (TL;DR summaries, HH responses). Pass False for truncated
+    text, which must not teach an ending; the IMDb pairs never come here, they are sampled ids
+    (`make_pair`) that hold an EOS only where the sampler drew one.
+    """
+    prompt_ids, completions, straddled = split_prompt(tokenizer, prompt, [chosen, rejected])
+    if straddled:
+        warnings.warn(f"a token straddles the end of the prompt {prompt[-20:]!r}: it is scored with the completion "
+                      "(the ids still decode to the exact text); end prompts at a word boundary to avoid it",
+                      stacklevel=2)
     if append_eos:
         completions = [ids + [tokenizer.eos_token_id] for ids in completions]
     return make_pair(prompt_ids, *completions, max_length=max_length)

@@ -18,12 +18,13 @@ embedding output unchanged through `inputs_embeds`.
 """
 
 import contextlib
-import hashlib
 from pathlib import Path
 
 import torch
 
 from dpo_core.logprobs import concatenated_inputs, pad_right, position_ids_from_mask, scored_logps, sequence_logps
+from dpo_core import results
+from dpo_core.precision import autocast_state
 from dpo_core.train import transformer_blocks
 
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3"}
@@ -147,30 +148,23 @@ def pad_states(rows):
 
 def fingerprint(model, n_top, sequences):
     """sha256 of everything the bottom states depend on: architecture, the frozen weights
-    (embeddings and the bottom blocks) and the token ids."""
-    digest = hashlib.sha256(f"{model.config.model_type} {len(transformer_blocks(model))} {n_top}".encode())
+    (embeddings and the bottom blocks), the token ids and the precision the bottom runs in."""
     top = {id(p) for block in transformer_blocks(model)[-n_top:] for p in block.parameters()}
     norm = getattr(model.base_model, _names(model)[1])
     skip = top | {id(p) for p in norm.parameters()}  # trained, so not part of the key
-    for name, p in model.base_model.named_parameters():
-        if id(p) not in skip:
-            digest.update(name.encode())
-            digest.update(p.detach().contiguous().numpy().tobytes())
-    for s in sequences:
-        digest.update(torch.tensor(s, dtype=torch.int64).numpy().tobytes() + b"|")
-    return digest.hexdigest()
+    frozen_weights = [[name, p] for name, p in model.base_model.named_parameters() if id(p) not in skip]
+    return results.fingerprint(model.config.model_type, len(transformer_blocks(model)), n_top, frozen_weights,
+                               [list(s) for s in sequences], autocast_state())
 
 
 def cached_states(cache_dir, model, sequences, n_top, pad_token_id, batch_size=32):
     """`bottom_states`, loaded from `cache_dir/<fingerprint>.safetensors` when a run with the
     same frozen weights and tokens made them already (`results.cached_tensors`: written to a
     temporary name, then renamed; an unreadable file is recomputed)."""
-    from dpo_core.results import cached_tensors
-
     def compute():
         states = bottom_states(model, sequences, n_top, pad_token_id, batch_size)
         return {"states": torch.cat(states).contiguous(), "lengths": torch.tensor([len(s) for s in states])}
 
     path = Path(cache_dir) / f"bottom-{fingerprint(model, n_top, sequences)[:24]}.safetensors"
-    stored = cached_tensors(path, compute, "frozen", valid=lambda t: int(t["lengths"].sum()) == len(t["states"]))
+    stored = results.cached_tensors(path, compute, "frozen", valid=lambda t: int(t["lengths"].sum()) == len(t["states"]))
     return list(stored["states"].split(stored["lengths"].tolist()))

@@ -6,10 +6,14 @@ train_log.csv, samples.jsonl, and a FINISHED marker written last. Figure noteboo
 only finished runs, so a run that died halfway never shows up as a result.
 """
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
+
+import torch
 
 from dpo_core.notebook import repo_root
 
@@ -139,6 +143,39 @@ def save_tensors(path, tensors):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     save_file(tensors, str(tmp))
     os.replace(tmp, path)
+
+
+def fingerprint(*parts):
+    """sha256 hex digest of `parts`, for content-addressed cache files: strings, numbers, tensors
+    (dtype, shape and bytes), modules (every named parameter's name and bytes), callables (their
+    name and bound arguments, no memory addresses) and lists or tuples of these, nested."""
+    digest = hashlib.sha256()
+
+    def add(part):
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(part, torch.nn.Module):
+            digest.update(type(part).__name__.encode())
+            for name, p in part.named_parameters():
+                digest.update(name.encode())
+                add(p)
+        elif isinstance(part, (list, tuple)) and part and all(isinstance(x, int) for x in part):
+            add(torch.tensor(part, dtype=torch.int64))  # token ids: hashed as one block
+        elif isinstance(part, (list, tuple)):
+            digest.update(b"[")
+            for item in part:
+                add(item)
+            digest.update(b"]")
+        elif callable(part):
+            digest.update(re.sub(r" at 0x[0-9a-f]+", "", repr(part)).encode())
+        else:
+            digest.update(f"{type(part).__name__}:{part}|".encode())
+
+    for part in parts:
+        add(part)
+    return digest.hexdigest()
 
 
 def cached_tensors(path, compute, name, valid=lambda tensors: True):

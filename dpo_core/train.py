@@ -5,13 +5,16 @@ rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, plus rewards/
 since a strict accuracy reads 0 (not 0.5) when every pair ties, as at step 0.
 """
 
-import hashlib
+import functools
 from pathlib import Path
 
 import torch
 
+from dpo_core.data import collate_pairs
 from dpo_core.logprobs import concatenated_forward
-from dpo_core.losses import dpo_loss
+from dpo_core.losses import bradley_terry_loss, dpo_loss
+from dpo_core.precision import autocast_state
+from dpo_core.results import cached_tensors, fingerprint
 
 
 def flush_denormals():
@@ -37,53 +40,79 @@ def reference_logps(reference_model, batch, completion_only=False):
     return concatenated_forward(reference_model, batch, completion_only=completion_only)
 
 
-@torch.no_grad()
+def pair_batch_maker(examples, pad_token_id, device="cpu"):
+    """indices -> the collated batch of those `make_pair` examples on `device` (the DPO step's
+    batch, and the layout pi_ref's log-probs are computed in)."""
+    def make_batch(indices):
+        return {k: v.to(device) for k, v in collate_pairs([examples[i] for i in indices], pad_token_id).items()}
+    return make_batch
+
+
+def consecutive_batches(n, batch_size):
+    """[0..B-1], [B..2B-1], ...: the layout of an evaluation pass over n pairs."""
+    return [list(range(start, min(n, start + batch_size))) for start in range(0, n, batch_size)]
+
+
 def precompute_reference_logps(reference_model, examples, pad_token_id, batch_size=16, completion_only=False):
-    """pi_ref's (chosen, rejected) log-probs of every `make_pair` example, each (N,), computed once
-    before training so the reference model is never run in the loop. completion_only: the path
-    the policy will be trained with (`logprobs.forward_logps`), so that pi = pi_ref gives
-    exactly the same log-probs at step 0."""
-    from dpo_core.data import collate_pairs
-
+    """pi_ref's (chosen, rejected) log-probs of every `make_pair` example, each (N,), in consecutive
+    batches of `batch_size`: the layout `evaluate.preference_accuracy` scores the policy in.
+    completion_only: the path the policy will be scored with (`logprobs.forward_logps`)."""
     device = next(reference_model.parameters()).device
-    chosen, rejected = [], []
-    for start in range(0, len(examples), batch_size):
-        batch = collate_pairs(examples[start : start + batch_size], pad_token_id)
-        c, r = reference_logps(reference_model, {k: v.to(device) for k, v in batch.items()}, completion_only)
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
-    return torch.cat(chosen), torch.cat(rejected)
+    forward = functools.partial(concatenated_forward, completion_only=completion_only)
+    batches = consecutive_batches(len(examples), batch_size)
+    by_batch = reference_logps_by_batch(reference_model, batches, pair_batch_maker(examples, pad_token_id, device),
+                                        forward)
+    return stacked(by_batch, batches)
 
 
-def reference_fingerprint(reference_model, examples, completion_only=False):
-    """sha256 of everything pi_ref's log-probs of `examples` depend on: every weight of the
-    model (by name and bytes), the log-prob path, and each pair's token ids and labels."""
-    digest = hashlib.sha256(f"{type(reference_model).__name__} completion_only={completion_only}".encode())
-    for name, p in reference_model.named_parameters():
-        digest.update(name.encode())
-        digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    for e in examples:
-        for key in ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"):
-            digest.update(torch.tensor(e[key], dtype=torch.int64).numpy().tobytes() + b"|")
-    return digest.hexdigest()
+def stacked(by_batch, batches):
+    """(chosen (N,), rejected (N,)) in the order of `batches` from a `reference_logps_by_batch` dict."""
+    return tuple(torch.cat([by_batch[tuple(b)][side] for b in batches]) for side in (0, 1))
 
 
-def cached_reference_logps(cache_dir, reference_model, examples, pad_token_id, batch_size=16, completion_only=False):
-    """`precompute_reference_logps`, stored in `cache_dir/reference-<fingerprint>.safetensors`
-    and loaded from there by any later run with the same reference weights and pairs (a rerun,
-    another beta, another seed; `results.cached_tensors`). An unreadable file is recomputed."""
-    from dpo_core.results import cached_tensors
+@torch.no_grad()
+def reference_logps_by_batch(reference_model, batches, make_batch, forward=concatenated_forward):
+    """pi_ref's (chosen, rejected) log-probs of every training batch, each computed in that
+    batch's own layout: the same pairs in the same order, collated and padded the same way, and
+    the same `forward` as the policy's step. In bf16 a sequence's log-prob depends on the batch
+    it sits in (0.1 nats on SmolLM2, against 1e-5 in fp32; precision.py), so only this keeps
+    step 0 exactly at loss ln 2 and zero rewards. Run it in the same `precision.autocast`.
+
+    Args:
+        batches: lists of pair indices, as the loop will meet them (`pair_batches`).
+        make_batch: indices -> a collated batch on the model's device (the step's own).
+    Returns:
+        {tuple(indices): (chosen (B,), rejected (B,))}, fp32 on the CPU.
+    """
+    out = {}
+    for indices in batches:
+        if tuple(indices) not in out:
+            chosen, rejected = forward(reference_model, make_batch(indices))
+            out[tuple(indices)] = (chosen.float().cpu(), rejected.float().cpu())
+    return out
+
+
+def cached_reference_logps(cache_dir, reference_model, examples, batches, make_batch, forward=concatenated_forward):
+    """`reference_logps_by_batch`, stored in `cache_dir/reference-<fingerprint>.safetensors` and
+    loaded from there by any later run with the same reference weights, pairs, batches, forward
+    and precision (a rerun, another beta or method with the same seed; `results.cached_tensors`).
+    An unreadable file is recomputed."""
+    batches = [list(b) for b in batches]
+    key = fingerprint(reference_model, [[e[k] for k in ("chosen_input_ids", "chosen_labels", "rejected_input_ids",
+                                                         "rejected_labels")] for e in examples],
+                      batches, forward, autocast_state())
+    unique = list({tuple(b): b for b in batches}.values())
 
     def compute():
-        chosen, rejected = precompute_reference_logps(reference_model, examples, pad_token_id, batch_size,
-                                                      completion_only)
-        return {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}
+        by_batch = reference_logps_by_batch(reference_model, unique, make_batch, forward)
+        return {"chosen": torch.cat([by_batch[tuple(b)][0] for b in unique]).contiguous(),
+                "rejected": torch.cat([by_batch[tuple(b)][1] for b in unique]).contiguous()}
 
-    key = reference_fingerprint(reference_model, examples, completion_only)[:24]
-    path = Path(cache_dir) / f"reference-{key}.safetensors"
-    stored = cached_tensors(path, compute, "reference",
-                            valid=lambda t: len(t["chosen"]) == len(t["rejected"]) == len(examples))
-    return stored["chosen"], stored["rejected"]
+    n_rows = sum(map(len, unique))
+    stored = cached_tensors(Path(cache_dir) / f"reference-{key[:24]}.safetensors", compute, "reference",
+                            valid=lambda t: len(t["chosen"]) == len(t["rejected"]) == n_rows)
+    sizes = [len(b) for b in unique]
+    return {tuple(b): (c, r) for b, c, r in zip(unique, stored["chosen"].split(sizes), stored["rejected"].split(sizes))}
 
 
 def apply_loss(optimizer, loss, name, hint=""):
@@ -169,8 +198,6 @@ def reference_free_step(policy, optimizer, batch, objective, forward=concatenate
 
 def reward_model_step(model, optimizer, batch):
     """One optimizer step of the Bradley-Terry loss (Eq. 2) for a `reward.ScalarRewardModel`."""
-    from dpo_core.losses import bradley_terry_loss
-
     chosen, rejected = model.score_pairs(batch)
     loss = bradley_terry_loss(chosen, rejected).mean()
     apply_loss(optimizer, loss, "reward-model loss")
@@ -225,6 +252,14 @@ def length_bucketed(batches, lengths, seed, window=16):
     return out
 
 
+def training_batches(n_pairs, batch_size, n_steps, seed, lengths=None):
+    """The index batch of every step of `train_on_pairs`, a pure function of its arguments (resume
+    and `reference_logps_by_batch` rely on that): seeded shuffles (`pair_batches`), bucketed by
+    length when `lengths` are given (`length_bucketed`)."""
+    batches = pair_batches(n_pairs, batch_size, n_steps, seed)
+    return batches if lengths is None else length_bucketed(batches, lengths, seed)
+
+
 def pair_lengths(examples):
     """Per `make_pair` example, the longer of its two sequences: what it costs in a padded batch."""
     return [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
@@ -254,9 +289,7 @@ def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every,
         done, train_log, eval_rows = resumed
         first = done + 1
     last_saved = None if resumed is None else first - 1
-    batches = pair_batches(pairs, batch_size, n_steps, seed)  # a pure function of the seed: the data position is the step
-    if lengths is not None:
-        batches = length_bucketed(batches, lengths, seed)
+    batches = training_batches(pairs, batch_size, n_steps, seed, lengths)  # the data position is the step
     for i in range(first, n_steps + 1):
         try:
             train_log.append({"step": i, **step(batches[i - 1])})

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from learned import low_token_share, ppo_score_gain
 
 from dpo_core.ppo import AdaptiveKLController, gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss, whiten
 
@@ -83,29 +84,11 @@ def test_kl_controller_moves_toward_its_target():
 def test_ppo_step_on_the_tiny_model_raises_a_simple_score():
     """End to end on the tiny model: rewarding low token ids (half the vocabulary) makes the
     policy write more of them."""
-    import copy
-
-    from dpo_core.ppo import ValueHead, ppo_step
-    from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-
-    tok = byte_tokenizer()
-    policy = tiny_gpt2(seed=0)
-    reference = copy.deepcopy(policy).requires_grad_(False)
-    value_head = ValueHead(policy.config.n_embd)
-    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Hi", "The", "So", "Why"] * 4]
-
-    def score(prompts, completions):
-        return [sum(t < 128 for t in c) / len(c) for c in completions]
-
-    params = list(policy.parameters()) + list(value_head.parameters())
-    optimizer = torch.optim.Adam(params, lr=3e-3)
-    controller = AdaptiveKLController(init_kl_coef=0.01, target=6.0, horizon=10000)
-    g = torch.Generator().manual_seed(0)
-    first = ppo_step(policy, value_head, reference, optimizer, prompts, score, controller, tok, 8, g)
+    first, last = ppo_score_gain(seed=0, iterations=30)
     assert abs(first["kl_train"]) < 1e-6  # sampled from pi = pi_ref
-    for _ in range(15):
-        last = ppo_step(policy, value_head, reference, optimizer, prompts, score, controller, tok, 8, g)
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+    # 30 iterations: gains 0.23-0.48 over 20 seeds x 3 CPU kernel sets (tests/MARGINS.md). The old
+    # 15 iterations gave 0.02-0.26 against the same threshold 0.1, which another CPU could cross.
     assert last["score"] > first["score"] + 0.1, (first, last)
 
 
@@ -121,9 +104,6 @@ def test_ppo_step_on_cached_frozen_bottom_equals_the_full_forward():
     tok = byte_tokenizer()
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Hi", "The", "So", "Why"] * 2]
 
-    def score(prompts, completions):
-        return [sum(t < 128 for t in c) / len(c) for c in completions]
-
     def one_iteration(n_top):
         policy = tiny_gpt2(seed=0, n_layer=3)
         reference = copy.deepcopy(policy).requires_grad_(False)
@@ -132,7 +112,7 @@ def test_ppo_step_on_cached_frozen_bottom_equals_the_full_forward():
         value_head = ValueHead(policy.config.n_embd)
         trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
         optimizer = torch.optim.Adam(trainable, lr=1e-2)
-        stats = ppo_step(policy, value_head, reference, optimizer, prompts, score, AdaptiveKLController(0.1, 6.0),
+        stats = ppo_step(policy, value_head, reference, optimizer, prompts, low_token_share, AdaptiveKLController(0.1, 6.0),
                          tok, 6, torch.Generator().manual_seed(0), ppo_epochs=2, minibatch_size=4, n_top=n_top)
         return stats, [p.detach().clone() for p in trainable]
 

@@ -6,19 +6,11 @@ import math
 
 import pytest
 import torch
+from learned import PAIRS, dpo_one_step_gain
 
 from dpo_core.data import collate_pairs, encode_pair
-from dpo_core.logprobs import concatenated_forward
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import disable_dropout, dpo_step, reference_logps
-
-PAIRS = [
-    ("The movie was", " wonderful, I loved it.", " dull and far too long."),
-    ("Acting", " superb.", " wooden, lifeless."),
-    ("Overall this film", " is a joy", " is a mess from start to finish"),
-    ("I", " would watch it again", " walked out"),
-]
-
 
 @pytest.fixture
 def setup():
@@ -41,16 +33,12 @@ def test_step_zero_loss_is_ln2_with_zero_rewards(setup):
 
 
 def test_one_step_raises_the_chosen_minus_rejected_margin(setup):
-    policy, reference, batch = setup
+    # 0.19-0.22 over 20 seeds x 3 CPU kernel sets (tests/MARGINS.md); the threshold was 1e-3
+    assert dpo_one_step_gain(seed=0) > 0.1
+    policy, reference, batch = setup  # the reference really is frozen: a step leaves its log-probs alone
     ref_chosen, ref_rejected = reference_logps(reference, batch)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    before = dpo_step(policy, optimizer, batch, ref_chosen, ref_rejected, beta=0.1)
-    with torch.no_grad():
-        chosen, rejected = concatenated_forward(policy, batch)
-    margins_after = 0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))
-    assert margins_after.mean().item() > before["rewards/margins"] + 1e-3
-    # the reference really is frozen: its log-probs did not move
-    torch.testing.assert_close(reference_logps(reference, batch)[0], ref_chosen)
+    dpo_step(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, ref_chosen, ref_rejected, beta=0.1)
+    torch.testing.assert_close(reference_logps(reference, batch)[0], ref_chosen, rtol=0, atol=0)
 
 
 def test_nan_loss_stops_before_the_weights_change(setup):
@@ -82,7 +70,7 @@ def test_length_buckets_keep_every_pair_and_cut_padding():
 
 
 def test_reference_log_probs_are_cached_by_content(tmp_path, capsys):
-    from dpo_core.train import cached_reference_logps, precompute_reference_logps
+    from dpo_core.train import cached_reference_logps, pair_batch_maker, precompute_reference_logps
 
     tok = byte_tokenizer()
     examples = [encode_pair(tok, "The film", " was a delight.", " bored me.", 64),
@@ -91,21 +79,31 @@ def test_reference_log_probs_are_cached_by_content(tmp_path, capsys):
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
     expected = precompute_reference_logps(model, examples, tok.pad_token_id)
-    first = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    make_batch, batches = pair_batch_maker(examples, tok.pad_token_id), [[1, 0], [0], [1, 0]]
+
+    def cached(examples, batches):
+        return cached_reference_logps(tmp_path, model, examples, batches, make_batch)
+
+    first = cached(examples, batches)
+    assert sorted(first) == [(0,), (1, 0)]  # one entry per distinct batch, in its own layout
     n_calls = len(calls)
-    again = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
+    again = cached(examples, batches)
     assert len(calls) == n_calls  # loaded, the model not run
-    for a, b, c in zip(expected, first, again):
-        assert torch.equal(a, b) and torch.equal(b, c)
-    # other pairs, other weights: other files, computed afresh
-    cached_reference_logps(tmp_path, model, examples[:1], tok.pad_token_id)
+    for key in first:
+        assert all(torch.equal(a, b) for a, b in zip(first[key], again[key]))
+    torch.testing.assert_close(first[(1, 0)][0], expected[0].flip(0))  # the same values, batch order kept
+    # other batches, other pairs, other weights, another precision: other files, computed afresh
+    cached(examples, [[0, 1]])
+    cached(examples[:1], [[0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cached(examples, batches)
     with torch.no_grad():
         model.transformer.h[0].mlp.c_fc.bias.add_(0.1)
-    changed = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
-    assert not torch.equal(changed[0], first[0])
-    assert len(list(tmp_path.glob("reference-*.safetensors"))) == 3
+    changed = cached(examples, batches)
+    assert not torch.equal(changed[(0,)][0], first[(0,)][0])
+    assert len(list(tmp_path.glob("reference-*.safetensors"))) == 5
     # a corrupt file is reported and recomputed
     for path in tmp_path.glob("reference-*.safetensors"):
         path.write_bytes(b"not a safetensors file")
-    recomputed = cached_reference_logps(tmp_path, model, examples, tok.pad_token_id)
-    assert torch.equal(recomputed[0], changed[0]) and "unreadable" in capsys.readouterr().out
+    recomputed = cached(examples, batches)
+    assert torch.equal(recomputed[(0,)][0], changed[(0,)][0]) and "unreadable" in capsys.readouterr().out

@@ -1,0 +1,145 @@
+"""The matmul precision of a run: fp32, or bf16 autocast where this machine runs it faster.
+
+bf16 covers the matmuls only (`torch.autocast`): master weights, optimizer state, the
+log-softmax and log-prob sums, the loss, KL and rewards stay fp32 (logprobs.py casts logits to
+fp32 before any reduction). Whether bf16 pays depends on the CPU: an AMD EPYC with
+avx512_bf16 runs a bf16 matmul about 4x faster than fp32, while a CPU without native bf16 runs
+it slower. So `precision="auto"` measures both at the model's own matmul shapes, once per
+machine, and keeps fp32 unless bf16 is clearly faster (`choose`).
+
+bf16 log-probs depend on the batch they are computed in (padded length, kernel choice): a
+sequence scored alone and in a padded batch differs by about 0.1 nats on SmolLM2, against
+1e-5 in fp32. So pi_ref's log-probs must come from the same path and batch layout as the
+policy's (`train.reference_logps_by_batch`), or step 0 is no longer loss = ln 2.
+
+    autocast(precision)       the context a forward runs in
+    choose(precision, model)  "fp32" or "bf16"; "auto" measures (cached per machine)
+    matmul_seconds(...)       the measurement itself
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# bf16 must beat fp32 by this much at the model's shapes: the casts and the fp32 work around
+# the matmuls (log-softmax, optimizer, norms) eat part of the matmul gain.
+MIN_SPEEDUP = 1.3
+
+
+def check(precision):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast(precision, device="cpu"):
+    """The context every forward of a run executes in: bf16 autocast, or nothing for fp32."""
+    if check(precision) == "auto":
+        raise ValueError("resolve precision='auto' with precision.choose(precision, model) first")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def autocast_state():
+    """What a forward's numbers depend on beyond its inputs and weights, for cache keys: "fp32",
+    or the dtype autocast is on with."""
+    for device in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device):
+            return f"autocast-{device}-{torch.get_autocast_dtype(device)}"
+    return "fp32"
+
+
+def model_matmul_shapes(model, tokens=512):
+    """The (M, K, N) matmuls of one forward over `tokens` tokens, one per distinct weight shape,
+    with how often each occurs: every Linear of the model (attention, MLP, LM head)."""
+    counts = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shape = (tokens, module.in_features, module.out_features)
+            counts[shape] = counts.get(shape, 0) + 1
+    if not counts:  # GPT-2 uses Conv1D (weight (in, out)) and a tied head
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if type(module).__name__ == "Conv1D" and weight is not None:
+                shape = (tokens, weight.shape[0], weight.shape[1])
+                counts[shape] = counts.get(shape, 0) + 1
+    embedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embedding is not None and not isinstance(embedding, torch.nn.Linear):
+        shape = (tokens, embedding.weight.shape[1], embedding.weight.shape[0])
+        counts[shape] = counts.get(shape, 0) + 1
+    return counts
+
+
+def matmul_seconds(shapes, dtype, reps=3):
+    """Seconds for one pass over `shapes` ({(M, K, N): count}) in `dtype`, the best of `reps`."""
+    g = torch.Generator().manual_seed(0)
+    operands = {s: (torch.randn(s[0], s[1], generator=g).to(dtype), torch.randn(s[1], s[2], generator=g).to(dtype))
+                for s in shapes}
+    for a, b in operands.values():  # warm-up: first calls pick kernels and fault in pages
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        for shape, count in shapes.items():
+            a, b = operands[shape]
+            for _ in range(count):
+                a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def machine_key(shapes):
+    """What the answer depends on: the CPU, its kernels, the thread count, torch, the shapes."""
+    cpu = platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line for line in info.splitlines() if line.startswith("model name")) + \
+            next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except (OSError, StopIteration):
+        pass
+    text = json.dumps([cpu, torch.__version__, torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(),
+                       sorted(map(list, shapes))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_file():
+    return Path(os.environ.get("DPO_CACHE_DIR", Path.home() / ".cache" / "dpo_core")) / "precision.json"
+
+
+def choose(precision, model, tokens=512, verbose=True):
+    """"fp32" or "bf16" for `model` on this machine. "auto" times the model's matmuls in both
+    (about a second, once per machine, then read from `cache_file()`); bf16 only on CPU where
+    it is at least MIN_SPEEDUP faster. On CUDA, "auto" is bf16 where the GPU supports it."""
+    if check(precision) != "auto":
+        return precision
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    shapes = model_matmul_shapes(model, tokens)
+    key = machine_key(shapes)
+    path = cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key not in cached or not isinstance(cached[key], dict) or "speedup" not in cached[key]:
+        fp32, bf16 = matmul_seconds(shapes, torch.float32), matmul_seconds(shapes, torch.bfloat16)
+        cached[key] = {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16, "measured": time.strftime("%F %T")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    speedup = cached[key]["speedup"]
+    chosen = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
+    if verbose:
+        print(f"precision auto -> {chosen}: bf16 matmuls {speedup:.2f}x fp32 at this model's shapes on this machine "
+              f"(bf16 needs {MIN_SPEEDUP}x; cached in {path})")
+    return chosen
