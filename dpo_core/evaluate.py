@@ -13,6 +13,7 @@ Both sum over completion tokens only; their expectations over y are equal.
 import torch
 
 from dpo_core.logprobs import pad_right, position_ids_from_mask
+from dpo_core.precision import weights_fixed
 from dpo_core.sampling import sample
 
 
@@ -58,7 +59,8 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
         device = next(policy.parameters()).device
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
         inputs = {name: x.to(device) for name, x in inputs.items()}
-        s, e = kl_from_logits(policy(**inputs).logits, reference(**inputs).logits, labels.to(device))
+        with weights_fixed(device):
+            s, e = kl_from_logits(policy(**inputs).logits, reference(**inputs).logits, labels.to(device))
         sampled.append(s.cpu())
         exact.append(e.cpu())
     return torch.cat(sampled), torch.cat(exact)

@@ -92,11 +92,22 @@ class _ChunkedLabelLogps(torch.autograd.Function):
                 onehot_minus_softmax.scatter_add_(-1, labels[rows, None], torch.ones_like(logps[rows, None]))
                 dlogp_dhidden[rows] = onehot_minus_softmax.to(hidden.dtype) @ weight_h
         ctx.chunk_rows, ctx.grad_in_forward = chunk_rows, grad_in_forward
+        # the backward's matmuls run in the forward's precision (autograd runs them outside autocast)
+        device = hidden.device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
         ctx.save_for_backward(*((dlogp_dhidden,) if grad_in_forward else (hidden, weight, bias, labels, lse)))
         return logps
 
     @staticmethod
     def backward(ctx, grad_logps):  # (N,)
+        if ctx.autocast is None:
+            return _ChunkedLabelLogps._backward(ctx, grad_logps)
+        device, dtype = ctx.autocast
+        with torch.autocast(device_type=device, dtype=dtype):
+            return _ChunkedLabelLogps._backward(ctx, grad_logps)
+
+    @staticmethod
+    def _backward(ctx, grad_logps):
         if ctx.grad_in_forward:
             (dlogp_dhidden,) = ctx.saved_tensors
             return grad_logps[:, None].to(dlogp_dhidden.dtype) * dlogp_dhidden, None, None, None, None, None
@@ -114,7 +125,7 @@ class _ChunkedLabelLogps(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[rows] = grad_logits.to(hidden.dtype) @ weight_h  # (C, H)
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, hidden[rows].to(lse.dtype))  # (V, H)
+                grad_weight += grad_logits.T @ hidden[rows].to(lse.dtype)  # (V, H); out of place, so autocast applies
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from dpo_core.precision import weights_fixed
+
 
 def positive_label_index(id2label):
     """Index of the positive class, read from the config rather than assumed to be 1."""
@@ -62,7 +64,8 @@ class SentimentReward:
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
-            log_probs = torch.log_softmax(self.model(**enc).logits.float(), -1)  # (b, n_labels)
+            with weights_fixed(self.model.device):
+                log_probs = torch.log_softmax(self.model(**enc).logits.float(), -1)  # (b, n_labels)
             positive = log_probs[:, self.positive_index]
             negative = torch.logsumexp(
                 log_probs[:, [j for j in range(log_probs.shape[1]) if j != self.positive_index]], -1

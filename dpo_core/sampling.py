@@ -11,6 +11,8 @@ probabilities): exact, and on CPU faster than `torch.multinomial` or Gumbel-max.
 
 import torch
 
+from dpo_core.precision import weights_fixed
+
 
 def draw(logits, temperature, generator=None):
     """One token per row from softmax(logits / temperature); temperature 0 is argmax.
@@ -63,6 +65,11 @@ def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, p
 
 def _sample_batch(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator):
     device = next(model.parameters()).device
+    with weights_fixed(device):  # under bf16 autocast: each weight cast once, not once per decode step
+        return _decode(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator, device)
+
+
+def _decode(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator, device):
     input_ids, mask, position_ids = (x.to(device) for x in left_pad(prompts, pad_token_id))
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1]  # (B, V)

@@ -13,7 +13,7 @@ import torch
 from dpo_core.data import collate_pairs
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss, dpo_loss
-from dpo_core.precision import autocast_state
+from dpo_core.precision import autocast_state, check_cache_off
 from dpo_core.results import cached_tensors, fingerprint
 
 
@@ -120,6 +120,7 @@ def apply_loss(optimizer, loss, name, hint=""):
     before the weights change, with `name` and `hint` in the message."""
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{name} is {loss.item()}; weights left unchanged{hint}")
+    check_cache_off(loss.device.type)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -9,6 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=build/portability
 mkdir -p "$out"
+make install > "$out/install.log" 2>&1 || { echo "make install failed"; exit 1; }
 for cap in ${@:-default avx2 avx512}; do
   for threads in 2 1; do
     tag="$cap-t$threads"
