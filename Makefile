@@ -1,6 +1,7 @@
 # The project's verbs. The README's two commands are `make test` and `make figures`.
 #
 #   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
+#   make numerics              the CPU-kernel-sensitive tests alone (CI reruns them under another ATEN_CPU_CAPABILITY)
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
 #   make bench                 dpo_core against TRL and model.generate, the levers, step time vs length: bench/
@@ -22,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test unit nbval assets figures bench lab clean distclean
+.PHONY: install test unit numerics nbval assets figures bench lab clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,13 @@ test: unit nbval
 
 unit: install
 	$(PY) -m pytest tests --durations=25
+
+# The tests whose numbers depend on the CPU's kernels (losses, log-probs, bf16, the reward model,
+# frozen, PPO, sampling, training). CI runs them a second time under another kernel set
+# (ATEN_CPU_CAPABILITY=avx2 or default) to catch a threshold that only this CPU's rounding meets.
+NUMERICS := losses logprobs precision reward_model reward frozen ppo sampling_evaluate train determinism objective
+numerics: install
+	$(PY) -m pytest $(NUMERICS:%=tests/test_%.py) -q
 
 # nbval cannot inject parameters: papermill --prepare-only writes each notebook with its
 # smoke parameters (one copy per run of a sweep), then nbval runs them cell by cell, in name
