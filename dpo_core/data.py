@@ -160,6 +160,41 @@ def preference_pairs(scores):
     return pairs, n_ties
 
 
+def preference_rows(prompts, completions, scores):
+    """The pair rows of a sampled preference set (Section 6, DESIGN.md section 3.4): for each
+    prompt, every pair of its K completions ordered by gold reward (`preference_pairs`: exact ties
+    dropped and counted), and pairs of identical completions dropped (they tie by construction).
+
+    Args:
+        prompts: N prompts (lists of ids); completions: N * K lists of ids, prompt by prompt;
+        scores: (N, K) gold rewards.
+    Returns:
+        rows (dicts of prompt_ids, chosen_ids, rejected_ids, chosen_reward, rejected_reward), n_ties.
+    """
+    k = len(completions) // len(prompts)
+    rows, n_ties = [], 0
+    for i, prompt in enumerate(prompts):
+        pairs, ties = preference_pairs(scores[i].tolist())
+        n_ties += ties
+        for w, l in pairs:
+            chosen, rejected = completions[i * k + w], completions[i * k + l]
+            if chosen != rejected:
+                rows.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
+                             "chosen_reward": float(scores[i, w]), "rejected_reward": float(scores[i, l])})
+    return rows, n_ties
+
+
+def split_by_prompt(prompts, held_out_fraction, seed):
+    """(train indices, held-out indices) of rows whose prompt is in a seeded held-out share of the
+    distinct prompts: every pair of a held-out prompt is held out, so accuracy on them measures
+    generalisation to unseen prompts, not to other pairs of seen ones."""
+    distinct = sorted({tuple(p) for p in prompts})
+    order = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = {distinct[i] for i in order[: max(1, round(held_out_fraction * len(distinct)))]}
+    flags = [tuple(p) in held_out for p in prompts]
+    return [i for i, h in enumerate(flags) if not h], [i for i, h in enumerate(flags) if h]
+
+
 def review_prefixes(tokenizer, texts, min_tokens, max_tokens, seed):
     """The paper's IMDb prompts: the first 2-8 tokens of each review (App. C.1), the length
     drawn uniformly per review with a seeded generator. Returns lists of ids."""

@@ -7,21 +7,24 @@ the identity. GPUs with NCCL, or CPU processes with gloo (`accelerate launch --m
 machine without GPUs), run the same code.
 """
 
+import os
+
 import torch
+from accelerate import Accelerator
 
 
 def local_share(indices, accelerator):
-    """This process's rows of a global batch of pair indices."""
-    n = accelerator.num_processes
+    """This process's rows of a global batch of pair indices (all of them without an accelerator)."""
+    n = 1 if accelerator is None else accelerator.num_processes
     if len(indices) % n:
         raise ValueError(f"a batch of {len(indices)} pairs does not split evenly over {n} processes; "
                          f"make batch_size a multiple of {n}")
-    return indices[accelerator.process_index :: n]
+    return indices if n == 1 else indices[accelerator.process_index :: n]
 
 
 def mean_over_processes(metrics, accelerator):
     """Per-process batch means -> means over the global batch (equal shares), on every process."""
-    if accelerator.num_processes == 1:
+    if accelerator is None or accelerator.num_processes == 1:
         return metrics
     values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=accelerator.device)
     return dict(zip(metrics, accelerator.reduce(values, "mean").tolist()))
@@ -38,10 +41,6 @@ def make_accelerator():
     Without `cpu=True` on a machine with no GPU, accelerate 1.15 gives each launched process
     a world of its own: N copies would each train on everything and race on the same files.
     """
-    import os
-
-    from accelerate import Accelerator
-
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:

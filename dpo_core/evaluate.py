@@ -10,9 +10,13 @@ divergences. Two estimates are computed on the same samples y ~ pi(.|x):
 Both sum over completion tokens only; their expectations over y are equal.
 """
 
+import math
+
 import torch
 
-from dpo_core.logprobs import pad_right, position_ids_from_mask
+from dpo_core.data import collate_pairs
+from dpo_core.logprobs import concatenated_forward, pad_right, position_ids_from_mask, sequence_logps
+from dpo_core.losses import dpo_loss
 from dpo_core.precision import weights_fixed
 from dpo_core.sampling import sample
 
@@ -49,9 +53,10 @@ def completion_batch(prompts, completions, pad_token_id):
 
 
 @torch.no_grad()
-def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=16):
-    """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,)."""
-    sampled, exact = [], []
+def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=16, with_reference_logps=False):
+    """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,);
+    with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it."""
+    sampled, exact, reference_logps = [], [], []
     for start in range(0, len(prompts), batch_size):
         input_ids, mask, labels = completion_batch(
             prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
@@ -60,10 +65,19 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
         inputs = {name: x.to(device) for name, x in inputs.items()}
         with weights_fixed(device):
-            s, e = kl_from_logits(policy(**inputs).logits, reference(**inputs).logits, labels.to(device))
+            reference_logits = reference(**inputs).logits
+            s, e = kl_from_logits(policy(**inputs).logits, reference_logits, labels.to(device))
         sampled.append(s.cpu())
         exact.append(e.cpu())
-    return torch.cat(sampled), torch.cat(exact)
+        reference_logps.append(sequence_logps(reference_logits, labels.to(device)).cpu())
+    out = torch.cat(sampled), torch.cat(exact)
+    return (*out, torch.cat(reference_logps)) if with_reference_logps else out
+
+
+def distinct_bigrams(ids):
+    """Share of a completion's bigrams that are distinct: 1 for no repetition, low for loops."""
+    bigrams = list(zip(ids, ids[1:]))
+    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
 
 
 def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_tokens, seed, batch_size=64):
@@ -78,14 +92,22 @@ def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_token
     completions = sample(policy, prompts, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed),
                          batch_size=batch_size)
-    kl_sampled, kl_exact = sequence_kl(policy, reference, prompts, completions, tokenizer.pad_token_id)
+    kl_sampled, kl_exact, reference_logps = sequence_kl(policy, reference, prompts, completions,
+                                                        tokenizer.pad_token_id, with_reference_logps=True)
     texts = [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
     rewards = reward(texts)
     policy.train(policy_was_training)
+    lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
+    # is a reward gain real sentiment or gaming the judge? length, repetition, and how natural pi_ref finds the text
+    reference_nll = (-reference_logps / lengths).tolist()
+    distinct = [distinct_bigrams(c) for c in completions]
     metrics = {"kl": kl_exact.mean().item(), "kl_sampled": kl_sampled.mean().item(), "reward": rewards.mean().item(),
-               "completion_tokens": sum(map(len, completions)) / len(completions)}
-    samples = [{"text": t, "completion_ids": c, "reward": r, "kl": k, "kl_sampled": s}
-               for t, c, r, k, s in zip(texts, completions, rewards.tolist(), kl_exact.tolist(), kl_sampled.tolist())]
+               "completion_tokens": lengths.mean().item(), "distinct_2": sum(distinct) / len(distinct),
+               "reference_nll": sum(reference_nll) / len(reference_nll)}
+    samples = [{"text": t, "completion_ids": c, "reward": r, "kl": k, "kl_sampled": s, "reference_nll": n,
+                "distinct_2": d}
+               for t, c, r, k, s, n, d in zip(texts, completions, rewards.tolist(), kl_exact.tolist(),
+                                              kl_sampled.tolist(), reference_nll, distinct)]
     return metrics, samples
 
 
@@ -94,10 +116,6 @@ def preference_accuracy(policy, examples, reference_chosen_logps, reference_reje
                         batch_size=16):
     """DPO's loss and implicit-reward accuracy (Eq. 7, Eq. 5) on held-out preference pairs:
     how often beta * log pi/pi_ref ranks the human-chosen answer first (ties count as wrong)."""
-    from dpo_core.data import collate_pairs
-    from dpo_core.logprobs import concatenated_forward
-    from dpo_core.losses import dpo_loss
-
     was_training = policy.training
     policy.eval()
     device = next(policy.parameters()).device
@@ -114,3 +132,9 @@ def preference_accuracy(policy, examples, reference_chosen_logps, reference_reje
     losses, margins = torch.cat(losses), torch.cat(margins)
     return {"eval_loss": losses.mean().item(), "eval_accuracy": (margins > 0).float().mean().item(),
             "eval_margin": margins.mean().item()}
+
+
+def best_of_n_kl_bound(n):
+    """KL(best-of-n || pi) <= log n - (n - 1) / n (Stiennon et al. 2020; Beirami et al. 2024 show
+    it is an upper bound): the x-coordinate of Best-of-N on the frontier, which trains nothing."""
+    return math.log(n) - (n - 1) / n

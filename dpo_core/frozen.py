@@ -18,14 +18,22 @@ embedding output unchanged through `inputs_embeds`.
 """
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
 
-from dpo_core.logprobs import concatenated_inputs, pad_right, position_ids_from_mask, scored_logps, sequence_logps
 from dpo_core import results
+from dpo_core.logprobs import (
+    concatenated_forward,
+    concatenated_inputs,
+    pad_right,
+    position_ids_from_mask,
+    scored_logps,
+    sequence_logps,
+)
+from dpo_core.models import block_names, final_norm, transformer_blocks
 from dpo_core.precision import autocast_state
-from dpo_core.train import transformer_blocks
 
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -41,11 +49,6 @@ def _require_supported(model, n_top):
     n_blocks = len(transformer_blocks(model))
     if not 0 < n_top <= n_blocks:
         raise ValueError(f"n_top must be in 1..{n_blocks} (the model's blocks), got {n_top}")
-
-
-def _names(model):
-    """(attribute of the block list, attribute of the final norm) on the base model."""
-    return ("h", "ln_f") if model.config.model_type == "gpt2" else ("layers", "norm")
 
 
 @contextlib.contextmanager
@@ -76,7 +79,7 @@ class _NoPositions(torch.nn.Module):
 def bottom_hidden(model, input_ids, attention_mask, n_top):
     """(B, T) right-padded tokens -> (B, T, H) hidden states entering block L - n_top, no graph."""
     _require_supported(model, n_top)
-    blocks, norm = _names(model)
+    blocks, norm = block_names(model)
     base = model.base_model
     with _swapped(base, **{blocks: transformer_blocks(model)[:-n_top], norm: torch.nn.Identity()}):
         return base(input_ids=input_ids, attention_mask=attention_mask,
@@ -86,7 +89,7 @@ def bottom_hidden(model, input_ids, attention_mask, n_top):
 def top_hidden(model, bottom, attention_mask, n_top):
     """(B, T, H) from `bottom_hidden` -> (B, T, H) final-norm hidden states, as the full model's."""
     _require_supported(model, n_top)
-    blocks, _ = _names(model)
+    blocks, _ = block_names(model)
     base = model.base_model
     replacements = {blocks: transformer_blocks(model)[-n_top:]}
     if model.config.model_type == "gpt2":
@@ -150,8 +153,7 @@ def fingerprint(model, n_top, sequences):
     """sha256 of everything the bottom states depend on: architecture, the frozen weights
     (embeddings and the bottom blocks), the token ids and the precision the bottom runs in."""
     top = {id(p) for block in transformer_blocks(model)[-n_top:] for p in block.parameters()}
-    norm = getattr(model.base_model, _names(model)[1])
-    skip = top | {id(p) for p in norm.parameters()}  # trained, so not part of the key
+    skip = top | {id(p) for p in final_norm(model).parameters()}  # trained, so not part of the key
     frozen_weights = [[name, p] for name, p in model.base_model.named_parameters() if id(p) not in skip]
     return results.fingerprint(model.config.model_type, len(transformer_blocks(model)), n_top, frozen_weights,
                                [list(s) for s in sequences], autocast_state())
@@ -168,3 +170,15 @@ def cached_states(cache_dir, model, sequences, n_top, pad_token_id, batch_size=3
     path = Path(cache_dir) / f"bottom-{fingerprint(model, n_top, sequences)[:24]}.safetensors"
     stored = results.cached_tensors(path, compute, "frozen", valid=lambda t: int(t["lengths"].sum()) == len(t["states"]))
     return list(stored["states"].split(stored["lengths"].tolist()))
+
+
+def prepare(cache_dir, model, examples, n_top, pad_token_id):
+    """(forward, bottom_states) for training the top `n_top` blocks of `model` on `make_pair`
+    examples: the frozen bottom's states of every chosen and rejected sequence, cached by content
+    (`cached_states`), and the forward that runs only the top on them. n_top = 0 (the whole model
+    trains): the plain `concatenated_forward` and no states."""
+    if n_top == 0:
+        return concatenated_forward, None
+    sequences = [e["chosen_input_ids"] for e in examples] + [e["rejected_input_ids"] for e in examples]
+    states = cached_states(cache_dir, model, sequences, n_top, pad_token_id)
+    return functools.partial(concatenated_top_forward, n_top=n_top), states

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dpo_core import progress
 from dpo_core.results import atomic_write
 
 VERDICTS = ("win", "loss", "tie", "invalid")
@@ -197,3 +198,26 @@ def make_judge(spec, task, cache_dir, base_url="https://api.openai.com/v1", seed
 
         return GoldRewardJudge(load_reward(name))
     raise ValueError(f"unknown judge {spec!r}; use chat:<model> (e.g. chat:gpt-4-0314) or reward:<name> (e.g. reward:tiny)")
+
+
+def win_rate_sweep(generate, judge, contexts, references, temperatures, row=None):
+    """A policy's win rate at each sampling temperature (Fig. 2 right): `generate(temperature)`
+    -> one candidate text per item, judged against `references` (with `contexts`).
+
+    Returns (rows, samples): one row per temperature ({**row, temperature, judge, win_rate,
+    stderr, counts}) and one dict per item and temperature (context, candidate, reference, verdict).
+    """
+    rows, samples = [], []
+    with progress.bar(len(temperatures), "win rates") as bar:
+        for temperature in map(float, temperatures):
+            candidates = generate(temperature)
+            verdicts = judge.judge(contexts, candidates, references)
+            rows.append({**(row or {}), "temperature": temperature, "judge": judge.name, **win_rate(verdicts)})
+            samples += [{"temperature": temperature, "context": c, "candidate": x, "reference": r, "verdict": v}
+                        for c, x, r, v in zip(contexts, candidates, references, verdicts)]
+            last = rows[-1]
+            bar.write(f"{(row or {}).get('method', '')} T = {temperature:.2f}: win rate {last['win_rate']:.3f} "
+                      f"+- {last['stderr']:.3f} ({last['n_win']} wins, {last['n_tie']} ties, {last['n_loss']} losses, "
+                      f"{last['n_invalid']} invalid)")
+            bar.update()
+    return rows, samples

@@ -4,6 +4,8 @@ Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretl
 Reward Model", NeurIPS 2023, arXiv:2305.18290. Equation numbers refer to that paper.
 
     dpo_loss              Eq. 7 (and the cDPO form when label_smoothing > 0)
+    ipo_loss              IPO (Azar et al. 2023, Eq. 17), the official DPO code's `ipo` branch
+    hinge_loss            the hinge (SLiC-HF) loss on the same log-ratios (Zhao et al. 2023; TRL's "hinge")
     dpo_gradient_weight   the per-pair weight sigma(r_l - r_w) of the gradient, Section 4
     implicit_reward       Eq. 5 without the beta * log Z(x) term (it cancels in every pair)
     bradley_terry_loss    Eq. 2, the reward-model loss PPO's learned reward is fitted with
@@ -67,6 +69,34 @@ def dpo_loss(
     chosen_rewards = implicit_reward(policy_chosen_logps, reference_chosen_logps, beta).detach()
     rejected_rewards = implicit_reward(policy_rejected_logps, reference_rejected_logps, beta).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+def preference_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
+    """h = log pi/pi_ref (y_w) - log pi/pi_ref (y_l), the log-ratio margin every pairwise loss
+    here is a function of (Eq. 7 is -log sigma(beta * h)). Shapes: (B,) -> (B,)."""
+    return (policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)
+
+
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", Eq. 17): (h - 1 / (2 beta))^2, a squared loss that pulls the log-ratio margin
+    h to a finite target instead of pushing it to infinity, so it cannot overfit deterministic
+    preferences the way Eq. 7 can. The form of the official DPO code (summed log-probs, beta
+    as IPO's tau). Shapes: (B,) -> (B,)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (IPO's regularisation tau), got {beta}")
+    h = preference_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def hinge_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
+    """The hinge loss of SLiC-HF (Zhao et al. 2023) on DPO's reference-normalised log-ratios,
+    max(0, 1 - beta * h), as in RSO (Liu et al. 2023) and TRL's `loss_type="hinge"`: zero once a
+    pair is ordered with margin 1 / beta, where Eq. 7 keeps pushing. Shapes: (B,) -> (B,)."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (1 / the hinge's margin), got {beta}")
+    h = preference_logits(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return torch.relu(1 - beta * h)
 
 
 def dpo_gradient_weight(chosen_rewards, rejected_rewards):

@@ -10,7 +10,10 @@ cell that starts with `# Parameters`, which IPython keeps in its input history `
 
 import ast
 import difflib
+import re
 from pathlib import Path
+
+from dpo_core.precision import PRECISIONS
 
 
 class ParameterError(ValueError):
@@ -63,6 +66,8 @@ def check_parameters(namespace):
     params = {}
     for name, expected in declared.items():
         params[name] = namespace[name] = _check_type(name, namespace[name], expected)
+    if "precision" in params:  # every training and sampling notebook's, checked before anything is written
+        require(params["precision"] in PRECISIONS, f"precision must be one of {PRECISIONS}, got {params['precision']!r}")
     return params
 
 
@@ -75,8 +80,6 @@ def require(condition, message):
 def refuse_secrets(params):
     """Stop if a parameter value looks like an API key: keys belong in the environment
     ($OPENAI_API_KEY), never in parameters, which are saved to params.json and the notebook."""
-    import re
-
     for name, value in params.items():
         if isinstance(value, str) and re.search(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+)", value):
             raise ParameterError(f"parameter {name!r} looks like an API key; put the key in $OPENAI_API_KEY "

@@ -89,7 +89,7 @@ def load_metrics(results_root, profile, notebooks):
             frame = pd.read_csv(path / "metrics.csv")
             params = json.loads((path / "params.json").read_text())
             frame = frame.assign(notebook=notebook, run=path.name,
-                                 **{k: v for k, v in params.items() if k not in frame.columns})
+                                 **{k: v for k, v in params.items() if k not in frame.columns and not isinstance(v, (list, dict))})
             frames.append(frame)
     if unfinished:
         print(f"[results] skipping {len(unfinished)} unfinished run(s): {unfinished}")
@@ -132,6 +132,28 @@ def require_finished(path):
     if not (Path(path) / "FINISHED").exists():
         raise FileNotFoundError(f"{path} has not finished; run its notebook (or `make figures`) first")
     return Path(path)
+
+
+def upstream(results_root, profile, notebook, run):
+    """(directory, params) of the finished run `run` of an earlier notebook; a clear error if it
+    has not finished."""
+    path = require_finished(run_dir(results_root, profile, notebook, run))
+    return path, read_params(path)
+
+
+def cached_json(path, compute, name):
+    """The JSON value stored at `path` (a content-addressed cache file), or `compute()` saved
+    there first. An unreadable file is reported with `name` and computed again."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            print(f"[{name}] {path} is unreadable ({error}); recomputing it")
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(value))
+    return value
 
 
 def save_tensors(path, tensors):

@@ -2,20 +2,24 @@
 
 The paper scores IMDb completions with siebert/sentiment-roberta-large-english and plots
 the probability of the positive class (Fig. 2's reward axis spans 0.4-1.0). Offline, the
-same class wraps a MiniLM fine-tuned here on Rotten Tomatoes snippets
-(`finetune_sentiment_classifier`), whose quality is measured on held-out Pang & Lee data.
+same class wraps a MiniLM fine-tuned on Rotten Tomatoes snippets (`assets.finetune_sentiment_classifier`,
+beside the corpora), whose quality is measured on held-out Pang & Lee data.
+
+    SentimentReward      p(positive) of a classifier, batch-size independent, eval mode
+    ScalarRewardModel    the learned Bradley-Terry reward model r_phi (Eq. 2) of the RLHF baseline
+    tie_rate             exact ties among a prompt's scores
 
 The classifier has its own tokenizer, so the reward takes *text*: decode the policy's ids
 with skip_special_tokens=True and pass prompt + completion together.
 """
 
-import json
-import math
-import time
-
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from dpo_core.data import collate_pairs
+from dpo_core.logprobs import concatenated_inputs, pad_right, position_ids_from_mask
 from dpo_core.precision import weights_fixed
+from dpo_core.tiny import byte_tokenizer
 
 
 def positive_label_index(id2label):
@@ -46,8 +50,6 @@ class SentimentReward:
 
     @classmethod
     def from_pretrained(cls, source, **kwargs):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         model = AutoModelForSequenceClassification.from_pretrained(source, dtype="float32")
         return cls(model, AutoTokenizer.from_pretrained(source), **kwargs)
 
@@ -92,10 +94,6 @@ def tie_rate(scores):
 
 def tiny_classifier(seed=0):
     """A random-init 2-label BERT over the byte tokenizer, for tests and smoke runs."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from dpo_core.tiny import byte_tokenizer
-
     config = BertConfig(vocab_size=257, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=256, num_labels=2, pad_token_id=256,
                         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
@@ -103,77 +101,6 @@ def tiny_classifier(seed=0):
         torch.manual_seed(seed)
         model = BertForSequenceClassification(config)
     return model, byte_tokenizer()
-
-
-def roc_auc(scores, labels):
-    """Area under the ROC curve by the rank statistic (ties count one half)."""
-    scores, labels = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).bool()
-    pos, neg = scores[labels], scores[~labels]
-    greater = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
-    return (greater / (len(pos) * len(neg))).item()
-
-
-def classifier_quality(reward, dataset):
-    """Accuracy (threshold 0.5) and ROC-AUC of a SentimentReward on a labelled Dataset."""
-    probs = reward(dataset["text"])
-    labels = torch.tensor(dataset["label"])
-    return {"n": len(labels), "accuracy": ((probs > 0.5).long() == labels).float().mean().item(),
-            "roc_auc": roc_auc(probs, labels)}
-
-
-def finetune_sentiment_classifier(base_dir, train_set, out_dir, epochs=1, max_steps=None, batch_size=32,
-                                  max_length=64, lr=5e-5, seed=0, eval_sets=None, log_every=25):
-    """Fine-tune a 2-label head on `base_dir` (a pretrained encoder) on `train_set` (text, label),
-    save it to `out_dir` with quality.json (accuracy, AUC on `eval_sets`, timings).
-
-    Defaults follow the measured recipe: 1 epoch, batch 32, 64 tokens, AdamW 5e-5, linear decay.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from dpo_core.assets import load_corpus
-
-    start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}
-        )
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    total = min(max_steps or epochs * steps_per_epoch, epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
-    model.train()
-    step = 0
-    while step < total:
-        for batch_idx in torch.randperm(len(train_set), generator=generator).split(batch_size):
-            rows = train_set[batch_idx.tolist()]
-            enc = tokenizer(rows["text"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            loss = torch.nn.functional.cross_entropy(model(**enc).logits, torch.tensor(rows["label"]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if step % log_every == 0 or step == total:
-                print(f"[reward fine-tune] step {step}/{total} loss {loss.item():.4f}")
-            if step == total:
-                break
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    reward = SentimentReward(model, tokenizer, max_length=256)
-    if eval_sets is None:
-        eval_sets = {name: load_corpus(name) for name in ("pang-lee-sentences", "pang-lee-reviews")}
-    quality = {name: classifier_quality(reward, data) for name, data in eval_sets.items()}
-    report = {"train_examples": len(train_set), "steps": total, "batch_size": batch_size, "max_length": max_length,
-              "lr": lr, "seed": seed, "train_seconds": round(train_seconds, 1), "eval_max_length": 256,
-              "quality": quality}
-    (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
-    print(f"[reward fine-tune] held-out quality: {json.dumps(quality)}")
-    return report
 
 
 class ScalarRewardModel(torch.nn.Module):
@@ -190,8 +117,6 @@ class ScalarRewardModel(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         """(B, T) right-padded ids -> (B,) scores."""
-        from dpo_core.logprobs import position_ids_from_mask
-
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
                            position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
         last = attention_mask.sum(-1) - 1  # (B,)
@@ -199,18 +124,26 @@ class ScalarRewardModel(torch.nn.Module):
 
     def score_pairs(self, batch):
         """(chosen, rejected) scores of a collated preference batch, one forward pass."""
-        from dpo_core.logprobs import concatenated_inputs
-
         inputs = concatenated_inputs(batch)
         scores = self(inputs["input_ids"], inputs["attention_mask"])
         n = batch["chosen_input_ids"].shape[0]
         return scores[:n], scores[n:]
 
     @torch.no_grad()
+    def pair_accuracy(self, examples, pad_token_id, batch_size=32):
+        """Share of `make_pair` examples whose chosen completion scores higher (ties count as wrong)."""
+        was_training = self.training
+        self.eval()
+        correct = 0
+        for start in range(0, len(examples), batch_size):
+            chosen, rejected = self.score_pairs(collate_pairs(examples[start : start + batch_size], pad_token_id))
+            correct += (chosen > rejected).sum().item()
+        self.train(was_training)
+        return correct / len(examples)
+
+    @torch.no_grad()
     def score_ids(self, sequences, pad_token_id, batch_size=32):
         """Scores of token-id sequences (prompt + completion), (N,)."""
-        from dpo_core.logprobs import pad_right
-
         out = []
         for start in range(0, len(sequences), batch_size):
             rows = [torch.tensor(s) for s in sequences[start : start + batch_size]]

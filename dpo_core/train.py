@@ -1,4 +1,12 @@
-"""One DPO optimisation step and the metrics logged around it.
+"""Training: the one loop (`train_loop`), the steps it runs, and pi_ref's log-probs.
+
+    train_loop                 batches, step, evaluation, checkpoint/resume, NaN stop, progress
+    preference_step            one step of an offline method of the registry (DPO's Eq. 7, IPO, ...)
+    dpo_step                   the same, for DPO
+    reward_model_step          one step of the Bradley-Terry loss, Eq. 2
+    sft_step                   one step of next-token NLL (SFT, the pi_ref of Section 6)
+    reference_logps_by_batch   pi_ref's log-probs in each step's own batch layout (bf16-exact step 0)
+    training_batches           the seeded index batches of every step (resume relies on them)
 
 The metric names follow the official code and TRL: rewards/chosen, rewards/rejected,
 rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, plus rewards/ties,
@@ -10,9 +18,12 @@ from pathlib import Path
 
 import torch
 
+from dpo_core import frozen, progress
 from dpo_core.data import collate_pairs
+from dpo_core.distributed import local_share, mean_over_processes
 from dpo_core.logprobs import concatenated_forward
-from dpo_core.losses import bradley_terry_loss, dpo_loss
+from dpo_core.losses import bradley_terry_loss, implicit_reward
+from dpo_core.methods import METHODS
 from dpo_core.precision import autocast_state, check_cache_off
 from dpo_core.results import cached_tensors, fingerprint
 
@@ -25,26 +36,21 @@ def flush_denormals():
     return torch.set_flush_denormal(True)
 
 
-def disable_dropout(model):
-    """Dropout off in every module: with it on, pi != pi_ref at step 0 and the reference
-    log-probs are noise (the official code and TRL do the same)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
-
-
-@torch.no_grad()
 def reference_logps(reference_model, batch, completion_only=False):
     """(chosen, rejected) summed log-probs under the frozen reference, each (B,), no graph."""
     return concatenated_forward(reference_model, batch, completion_only=completion_only)
 
 
-def pair_batch_maker(examples, pad_token_id, device="cpu"):
-    """indices -> the collated batch of those `make_pair` examples on `device` (the DPO step's
-    batch, and the layout pi_ref's log-probs are computed in)."""
+def pair_batch_maker(examples, pad_token_id, device="cpu", bottom_states=None):
+    """indices -> the collated batch of those `make_pair` examples on `device`: the step's batch,
+    and the layout pi_ref's log-probs are computed in. bottom_states (`frozen.prepare`): per
+    sequence, chosen then rejected, the frozen bottom's cached states, added as batch["bottom"]."""
     def make_batch(indices):
-        return {k: v.to(device) for k, v in collate_pairs([examples[i] for i in indices], pad_token_id).items()}
+        batch = collate_pairs([examples[i] for i in indices], pad_token_id)
+        if bottom_states is not None:  # chosen rows, then rejected rows, as concatenated_inputs stacks them
+            batch["bottom"] = frozen.pad_states([bottom_states[i] for i in indices] +
+                                                [bottom_states[len(examples) + i] for i in indices])
+        return {k: v.to(device) for k, v in batch.items()}
     return make_batch
 
 
@@ -141,60 +147,54 @@ def dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, p
     }
 
 
-def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0,
-             forward=concatenated_forward):
-    """One optimizer step of Eq. 7 on a collated preference batch; returns the metrics
+def preference_step(policy, optimizer, batch, method, setting, reference_logps=(None, None),
+                    forward=concatenated_forward, **options):
+    """One optimizer step of an offline preference method of the registry (`methods.METHODS`:
+    DPO's Eq. 7, IPO, hinge, Preferred-FT, Unlikelihood) on a collated batch; returns the metrics
     measured before the update. A non-finite loss stops before the weights change.
-    `forward(policy, batch)` -> (chosen, rejected) log-probs; `frozen.concatenated_top_forward`
-    runs only the trained top on cached bottom states."""
+
+    Args:
+        method: a `methods.Method` with a loss; setting: its value for this run (DPO's beta, ...).
+        reference_logps: pi_ref's (chosen, rejected) log-probs of this batch, in its layout
+            (`reference_logps_by_batch`); the reference-free baselines ignore them.
+        forward: `forward(policy, batch)` -> (chosen, rejected) log-probs;
+            `frozen.concatenated_top_forward` runs only the trained top on cached bottom states.
+        options: extra keyword arguments of the loss (DPO's label_smoothing).
+    """
     policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        policy_chosen_logps,
-        policy_rejected_logps,
-        reference_chosen_logps,
-        reference_rejected_logps,
-        beta,
-        label_smoothing,
-    )
-    loss = losses.mean()
-    apply_loss(optimizer, loss, "DPO loss", " (lower the learning rate?)")
+    losses = method.loss(policy_chosen_logps, policy_rejected_logps, *reference_logps, setting, **options)
+    apply_loss(optimizer, losses.mean(), f"{method.name} loss", " (lower the learning rate?)")
+    if not method.uses_reference:
+        return {"loss": losses.mean().item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
+                "logps/rejected": policy_rejected_logps.detach().mean().item()}
+    chosen_rewards = implicit_reward(policy_chosen_logps, reference_logps[0], setting).detach()  # Eq. 5
+    rejected_rewards = implicit_reward(policy_rejected_logps, reference_logps[1], setting).detach()
     return dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
 
 
-def transformer_blocks(model):
-    """The ModuleList of transformer blocks of a causal LM (Llama-style `layers`, GPT-2 `h`)."""
-    base = model.base_model
-    for name in ("layers", "h"):
-        if isinstance(getattr(base, name, None), torch.nn.ModuleList):
-            return getattr(base, name)
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+def preference_stepper(policy, optimizer, schedule, make_batch, method, setting, reference_by_batch=None,
+                       forward=concatenated_forward, accelerator=None, **options):
+    """`step(indices)` for `train_loop`: this process's share of the pairs (`distributed.local_share`),
+    collated (`make_batch`), one `preference_step`, the scheduler stepped, and the metrics averaged
+    over processes. `reference_by_batch`: pi_ref's log-probs per local batch, from
+    `cached_reference_logps` over the same local shares."""
+    def step(indices):
+        indices = local_share(indices, accelerator)  # all of them in one process
+        reference = reference_by_batch[tuple(indices)] if reference_by_batch is not None else (None, None)
+        device = next(policy.parameters()).device
+        policy.train()
+        metrics = preference_step(policy, optimizer, make_batch(indices), method, setting,
+                                  [None if x is None else x.to(device) for x in reference], forward, **options)
+        schedule.step()
+        return mean_over_processes(metrics, accelerator)
+    return step
 
 
-def train_top_layers(model, n_layers):
-    """Freeze everything but the top `n_layers` blocks and the final norm (n_layers=0: train all).
-
-    A CPU lever: the (tied) embedding and LM head stay frozen, so the optimizer touches about
-    a tenth of SmolLM2's weights. Returns the number of trainable parameters.
-    """
-    if n_layers > 0:
-        model.requires_grad_(False)
-        transformer_blocks(model)[-n_layers:].requires_grad_(True)
-        for name in ("norm", "ln_f"):
-            if hasattr(model.base_model, name):
-                getattr(model.base_model, name).requires_grad_(True)
-    else:
-        model.requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def reference_free_step(policy, optimizer, batch, objective, forward=concatenated_forward):
-    """One optimizer step of a baseline that needs no reference model (Preferred-FT,
-    Unlikelihood): `objective(policy_chosen_logps, policy_rejected_logps)` -> (B,) losses."""
-    policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
-    loss = objective(policy_chosen_logps, policy_rejected_logps).mean()
-    apply_loss(optimizer, loss, "loss", " (lower the learning rate?)")
-    return {"loss": loss.item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
-            "logps/rejected": policy_rejected_logps.detach().mean().item()}
+def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0,
+             forward=concatenated_forward):
+    """One optimizer step of Eq. 7 (`preference_step` with the registry's DPO)."""
+    return preference_step(policy, optimizer, batch, METHODS["dpo"], beta,
+                           (reference_chosen_logps, reference_rejected_logps), forward, label_smoothing=label_smoothing)
 
 
 def reward_model_step(model, optimizer, batch):
@@ -266,45 +266,63 @@ def pair_lengths(examples):
     return [max(len(e["chosen_input_ids"]), len(e["rejected_input_ids"])) for e in examples]
 
 
-def train_on_pairs(step, pairs, n_steps, batch_size, seed, evaluate, eval_every, log_every=10, checkpoint=None,
-                   lengths=None):
-    """The loop shared by DPO and the offline baselines.
+def evaluation_steps(n_steps, every, early=()):
+    """The steps a run evaluates after: 0 (pi_ref), every `every`-th, the last, and `early` ones
+    (dense early: DPO's reward moves most in its first tens of steps)."""
+    return sorted({0, n_steps, *range(every, n_steps, every), *(s for s in early if 0 <= s <= n_steps)})
+
+
+def train_loop(step, n_items, n_steps, batch_size, seed, evaluate=None, eval_at=(), log_every=10, checkpoint=None,
+               lengths=None, batches=None, desc="train", on_evaluate=None, show_progress=True):
+    """The one optimisation loop: SFT, DPO and the baselines, the reward model, PPO, the gold
+    reward's fine-tune. Batching, logging, evaluation, checkpoints and resume, the NaN stop and
+    the progress bar live here once.
 
     Args:
-        step: `step(indices)` runs one optimizer step on those pairs and returns its metrics.
-        pairs: number of preference pairs available.
-        evaluate: `evaluate(step_number)` returns the metrics of one frontier point; called
-            before training, every `eval_every` steps and after the last step.
+        step: `step(indices)` runs one optimizer step on those items and returns its metrics.
+        n_items: number of items (pairs, sequences, prompts) the batches index.
+        evaluate: `evaluate(step_number)` -> the metrics of one evaluation (a frontier point);
+            called after each step in `eval_at` (0: before training). None: no evaluation.
         checkpoint: a `checkpoint.Checkpoint`; the loop resumes from it when it holds a state of
             this run, and saves to it every `checkpoint.every` steps and after the last.
-        lengths: per pair, its length; given, batches are bucketed by length (`length_bucketed`).
+        lengths: per item, its length; given, batches are bucketed by length (`length_bucketed`).
+        batches: the index batch of every step, when not seeded shuffles (`training_batches`);
+            it must be a pure function of the run's parameters, or resume breaks.
+        on_evaluate: `on_evaluate(train_log, eval_rows)` after each evaluation (live curves).
     Returns:
         (train_log, eval_rows): lists of dicts, one per step and one per evaluation.
     """
+    batches = batches or training_batches(n_items, batch_size, n_steps, seed, lengths)  # the data position is the step
+    eval_at = set(eval_at) if evaluate is not None else set()
     resumed = checkpoint.restore() if checkpoint is not None else None
-    if resumed is None:
-        first, train_log, eval_rows = 1, [], [{"step": 0, **evaluate(0)}]
-        if len(eval_rows[-1]) > 1:  # stages without an evaluation (lambda n: {}) have nothing to say
-            print(f"step 0: {eval_rows[-1]}")
-    else:
-        done, train_log, eval_rows = resumed
-        first = done + 1
+    first, train_log, eval_rows = (1, [], []) if resumed is None else (resumed[0] + 1, resumed[1], resumed[2])
     last_saved = None if resumed is None else first - 1
-    batches = training_batches(pairs, batch_size, n_steps, seed, lengths)  # the data position is the step
-    for i in range(first, n_steps + 1):
-        try:
-            train_log.append({"step": i, **step(batches[i - 1])})
-        except FloatingPointError as err:
-            if checkpoint is None:
-                raise FloatingPointError(f"step {i}: {err}") from err
-            saved = f"holds step {last_saved}" if last_saved is not None else "was not written yet"
-            raise FloatingPointError(f"step {i}: {err}; the last good checkpoint {checkpoint.path} {saved}") from err
-        if i % log_every == 0 or i == n_steps:
-            print(f"step {i}: " + " ".join(f"{k} {v:.4f}" for k, v in train_log[-1].items() if k != "step"))
-        if i % eval_every == 0 or i == n_steps:
-            eval_rows.append({"step": i, **evaluate(i)})
-            print(f"eval at step {i}: {eval_rows[-1]}")
-        if checkpoint is not None and checkpoint.due(i, n_steps):
-            checkpoint.save(i, train_log, eval_rows, final=i == n_steps)
-            last_saved = i
+
+    def evaluate_at(i):
+        eval_rows.append({"step": i, **evaluate(i)})
+        bar.write(f"eval at step {i}: " + " ".join(f"{k} {v:.4g}" for k, v in eval_rows[-1].items() if k != "step"))
+        if on_evaluate is not None:
+            on_evaluate(train_log, eval_rows)
+
+    with progress.bar(n_steps, desc, initial=first - 1, enabled=show_progress) as bar:
+        if resumed is None and 0 in eval_at:
+            evaluate_at(0)
+        for i in range(first, n_steps + 1):
+            try:
+                train_log.append({"step": i, **step(batches[i - 1])})
+            except FloatingPointError as err:
+                if checkpoint is None:
+                    raise FloatingPointError(f"step {i}: {err}") from err
+                saved = f"holds step {last_saved}" if last_saved is not None else "was not written yet"
+                raise FloatingPointError(f"step {i}: {err}; the last good checkpoint {checkpoint.path} {saved}") \
+                    from err
+            bar.update()
+            bar.set_postfix(loss=f"{train_log[-1].get('loss', float('nan')):.4f}", refresh=False)
+            if i % log_every == 0 or i == n_steps:
+                bar.write(f"step {i}: " + " ".join(f"{k} {v:.4f}" for k, v in train_log[-1].items() if k != "step"))
+            if i in eval_at:
+                evaluate_at(i)
+            if checkpoint is not None and checkpoint.due(i, n_steps):
+                checkpoint.save(i, train_log, eval_rows, final=i == n_steps)
+                last_saved = i
     return train_log, eval_rows

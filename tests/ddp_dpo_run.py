@@ -17,13 +17,14 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+from tiny_dpo_run import TEXTS
 
 from dpo_core.data import collate_pairs, make_pair
-from dpo_core.logprobs import SequenceScorer, concatenated_forward, concatenated_scores
 from dpo_core.distributed import local_share, make_accelerator, mean_over_processes, to_device
+from dpo_core.logprobs import SequenceScorer, concatenated_forward, concatenated_scores
+from dpo_core.models import disable_dropout
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from dpo_core.train import disable_dropout, dpo_step, pair_batches, reference_logps
-from tiny_dpo_run import TEXTS
+from dpo_core.train import dpo_step, pair_batches, reference_logps
 
 if __name__ == "__main__":
     accelerator = make_accelerator()

@@ -13,10 +13,11 @@ import torch
 from dpo_core.data import collate_pairs, encode_pair
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss
+from dpo_core.models import disable_dropout
 from dpo_core.ppo import AdaptiveKLController, ValueHead, ppo_step
 from dpo_core.reward import ScalarRewardModel
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from dpo_core.train import disable_dropout, dpo_step, reference_logps
+from dpo_core.train import dpo_step, reference_logps
 
 # Reward model: sentiment words after varied subjects; 6 words per side train, 2 are held out.
 GOOD = ["great", "superb", "lovely", "moving", "brilliant", "fine", "a joy", "wonderful"]
@@ -124,7 +125,8 @@ def gold_reward_finetune(seed=0, out_dir=None, max_steps=40):
     import tempfile
 
     from dpo_core import assets
-    from dpo_core.reward import SentimentReward, finetune_sentiment_classifier
+    from dpo_core.assets import finetune_sentiment_classifier
+    from dpo_core.reward import SentimentReward
 
     for name in assets.CORPORA:
         assets.prepare_corpus(name)

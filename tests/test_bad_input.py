@@ -34,11 +34,12 @@ DPO_NOTEBOOK = ROOT / "notebooks" / "04_imdb_dpo_and_baselines.ipynb"
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"bata": 0.2}, "unknown parameter 'bata' (did you mean 'beta'?)"),
+    ({"seting": 0.2}, "unknown parameter 'seting' (did you mean 'setting'?)"),
     ({"n_steps": 2.5}, "parameter 'n_steps' must be int, got float 2.5"),
-    ({"beta": 0.0}, "beta must be > 0 (Eq. 7), got 0.0"),
-    ({"beta": -1}, "beta must be > 0 (Eq. 7), got -1.0"),
-    ({"method": "ipo"}, "method must be dpo, preferred_ft or unlikelihood, got 'ipo'"),
+    ({"setting": 0.0}, "dpo's beta must be > 0, got 0.0"),
+    ({"method": "ipo", "setting": -1}, "ipo's beta must be > 0, got -1.0"),
+    ({"method": "ppo"}, "method must be one of ['dpo', 'ipo', 'hinge', 'unlikelihood', 'preferred_ft']"),
+    ({"precision": "fp16"}, "precision must be one of ('auto', 'fp32', 'bf16'), got 'fp16'"),
 ])
 def test_bad_notebook_parameters_stop_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ParameterError) as err:

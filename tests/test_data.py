@@ -47,3 +47,16 @@ def test_collate_right_pads_with_minus_100_labels_and_zero_mask():
     assert batch["chosen_attention_mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
     assert batch["rejected_input_ids"].shape == (2, 4)
     assert batch["rejected_labels"].dtype == torch.long
+
+
+def test_preference_rows_all_pairs_by_score_ties_and_identical_samples_dropped():
+    from dpo_core.data import preference_rows
+
+    prompts = [[1], [2]]
+    completions = [[10], [11], [12], [20], [20], [21]]  # prompt 2's first two samples are identical
+    scores = torch.tensor([[0.9, 0.1, 0.5], [0.3, 0.7, 0.7]])
+    rows, n_ties = preference_rows(prompts, completions, scores)
+    assert n_ties == 1  # prompt 2: samples 1 and 2 tie at 0.7
+    assert [(r["chosen_ids"], r["rejected_ids"]) for r in rows] == [([10], [11]), ([10], [12]), ([12], [11]),
+                                                                   ([21], [20])]  # [20] vs [20] dropped
+    assert rows[0]["chosen_reward"] == pytest.approx(0.9) and rows[0]["prompt_ids"] == [1]

@@ -8,8 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from dpo_core import frozen
 from dpo_core.data import collate_pairs, make_pair
 from dpo_core.logprobs import concatenated_forward, concatenated_inputs, pad_right, position_ids_from_mask
+from dpo_core.models import disable_dropout, train_top_layers
 from dpo_core.tiny import tiny_gpt2
-from dpo_core.train import disable_dropout, train_top_layers
 
 SEQUENCES = [[5, 9, 33, 2, 7, 7, 1], [40, 41], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [100, 1, 2]]
 

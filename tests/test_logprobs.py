@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from test_frozen import tiny_llama
 
 from dpo_core.data import collate_pairs, encode_pair
 from dpo_core.logprobs import concatenated_forward, forward_logps, sequence_logps
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from test_frozen import tiny_llama
 
 
 def naive_logps(logits, labels, average=False):

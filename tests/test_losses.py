@@ -9,7 +9,9 @@ from dpo_core.losses import (
     bradley_terry_loss,
     dpo_gradient_weight,
     dpo_loss,
+    hinge_loss,
     implicit_reward,
+    ipo_loss,
     preferred_ft_loss,
     unlikelihood_loss,
 )
@@ -138,3 +140,43 @@ def test_preferred_ft_and_unlikelihood():
     torch.testing.assert_close(unlikelihood_loss(chosen, rejected, alpha=0.0), preferred_ft_loss(chosen))
     with pytest.raises(ValueError, match="alpha"):
         unlikelihood_loss(chosen, rejected, alpha=2.0)
+
+
+def test_ipo_hand_computed():
+    # h = (-1 - -2) - (-3 - -2) = 2; IPO's target margin is 1 / (2 beta)
+    pc, pr, rc, rr = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
+    assert ipo_loss(pc, pr, rc, rr, beta=0.25).item() == 0.0  # target 2, reached
+    assert ipo_loss(pc, pr, rc, rr, beta=0.5).item() == 1.0  # target 1: (2 - 1)^2
+    assert ipo_loss(pc, pr, rc, rr, beta=0.1).item() == pytest.approx(9.0)  # target 5: (2 - 5)^2
+    # the gradient in the policy's chosen log-prob is 2 (h - 1 / (2 beta)), pulling h to its target from both sides
+    pc = torch.tensor([-1.0], requires_grad=True)
+    ipo_loss(pc, pr, rc, rr, beta=0.1).sum().backward()
+    assert pc.grad.item() == pytest.approx(2 * (2 - 5))
+    zero = torch.zeros(3)
+    torch.testing.assert_close(ipo_loss(zero, zero, zero, zero, 0.1), torch.full((3,), 25.0))  # pi = pi_ref: (1/(2 beta))^2
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        ipo_loss(zero, zero, zero, zero, 0.0)
+
+
+def test_hinge_hand_computed():
+    pc, pr, rc, rr = torch.tensor([-1.0, -1.0]), torch.tensor([-3.0, 0.0]), torch.zeros(2), torch.zeros(2)
+    # h = 2 and h = -1: max(0, 1 - beta h)
+    torch.testing.assert_close(hinge_loss(pc, pr, rc, rr, beta=0.25), torch.tensor([0.5, 1.25]))
+    torch.testing.assert_close(hinge_loss(pc, pr, rc, rr, beta=1.0), torch.tensor([0.0, 2.0]))  # ordered by margin 1: 0
+    zero = torch.zeros(2)
+    torch.testing.assert_close(hinge_loss(zero, zero, zero, zero, 0.1), torch.ones(2))  # pi = pi_ref
+
+
+def test_registry_losses_at_pi_equal_pi_ref():
+    from dpo_core import methods
+
+    logps = torch.tensor([-5.0, -9.0])
+    expected = {"dpo": math.log(2), "ipo": (1 / (2 * 0.1)) ** 2, "hinge": 1.0, "unlikelihood": 5 - 0.1 * 5,
+                "preferred_ft": 5.0}
+    assert sorted(methods.OFFLINE) == sorted(expected)
+    for name, value in expected.items():
+        out = methods.get(name).loss(logps[:1], logps[:1], logps[:1], logps[:1], 0.1)
+        assert out.item() == pytest.approx(value), name
+    with pytest.raises(ValueError, match="unknown method 'dp0'"):
+        methods.get("dp0")
+    assert methods.run_label("dpo", 0.1) == "DPO (ours), beta 0.1" and methods.run_label("preferred_ft", 0) == "Preferred-FT"

@@ -97,9 +97,9 @@ def test_ppo_step_on_cached_frozen_bottom_equals_the_full_forward():
     statistics and the same weights after one iteration."""
     import copy
 
+    from dpo_core.models import train_top_layers
     from dpo_core.ppo import ValueHead, ppo_step
     from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-    from dpo_core.train import train_top_layers
 
     tok = byte_tokenizer()
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ["Hi", "The", "So", "Why"] * 2]

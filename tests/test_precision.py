@@ -15,10 +15,16 @@ from dpo_core.data import encode_pair
 from dpo_core.evaluate import sequence_kl
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import dpo_loss
+from dpo_core.models import disable_dropout
 from dpo_core.sampling import sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from dpo_core.train import (disable_dropout, dpo_step, pair_batch_maker, precompute_reference_logps,
-                            reference_logps_by_batch, training_batches)
+from dpo_core.train import (
+    dpo_step,
+    pair_batch_maker,
+    precompute_reference_logps,
+    reference_logps_by_batch,
+    training_batches,
+)
 
 REVIEWS = [("this movie was", " great and i loved every minute of it , the acting", " a waste of time"),
            ("i think the director", " has made a film that moves", " failed"),

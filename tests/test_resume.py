@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_dpo_run import N_STEPS, one_run
 
 import dpo_core.checkpoint as checkpoint_module
 from dpo_core.checkpoint import Checkpoint
-from dpo_core.train import train_on_pairs
-from tiny_dpo_run import N_STEPS, one_run
+from dpo_core.train import train_loop
 
 SCRIPT = Path(__file__).with_name("tiny_dpo_run.py")
 
@@ -38,7 +38,7 @@ def start(run_dir, *args):
 def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
     run = start(tmp_path, "--pause", "0.3")
     for line in run.stdout:  # kill right after the checkpoint of step 4, while step 5 is under way
-        if line.startswith("[checkpoint] step 4 saved"):
+        if "[checkpoint] step 4 saved" in line:
             os.kill(run.pid, signal.SIGKILL)
             break
     run.wait(timeout=60)
@@ -105,7 +105,6 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
         return {"loss": 0.5}
 
     with pytest.raises(FloatingPointError) as err:
-        train_on_pairs(step, 4, n_steps=8, batch_size=2, seed=0, evaluate=lambda n: {}, eval_every=100,
-                       checkpoint=checkpoint)
+        train_loop(step, 4, n_steps=8, batch_size=2, seed=0, checkpoint=checkpoint)
     assert "step 5: DPO loss is nan" in str(err.value) and "holds step 4" in str(err.value)
     assert checkpoint.restore()[0] == 4  # and that checkpoint is there to resume from

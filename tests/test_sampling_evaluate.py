@@ -102,3 +102,11 @@ def test_preference_pairs_all_six_with_ties_counted_and_dropped():
     assert set(pairs) == {(0, 1), (0, 2), (0, 3), (2, 1), (3, 1), (2, 3)}
     pairs, ties = preference_pairs([0.7, 0.7, 0.2, 0.7])
     assert ties == 3 and set(pairs) == {(0, 2), (1, 2), (3, 2)}
+
+
+def test_best_of_n_kl_bound_hand_computed():
+    from dpo_core.evaluate import best_of_n_kl_bound
+
+    assert best_of_n_kl_bound(1) == 0.0
+    assert best_of_n_kl_bound(4) == pytest.approx(math.log(4) - 0.75)  # 0.636
+    assert best_of_n_kl_bound(16) == pytest.approx(2.7726 - 0.9375, abs=1e-4)  # 1.835

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import papermill as pm
 import yaml
-
 from test_judges import Stub
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,10 @@ import torch
 from learned import PAIRS, dpo_one_step_gain
 
 from dpo_core.data import collate_pairs, encode_pair
+from dpo_core.models import disable_dropout
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from dpo_core.train import disable_dropout, dpo_step, reference_logps
+from dpo_core.train import dpo_step, reference_logps
+
 
 @pytest.fixture
 def setup():

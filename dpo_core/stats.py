@@ -1,0 +1,76 @@
+"""Uncertainty for the frontier: bootstrap intervals over prompts, and paired comparisons of two
+methods at matched KL.
+
+Every point of Fig. 2 (left) is a mean over held-out prompts of one sample each, so its
+uncertainty is that of a mean over prompts: resample the prompts. Two methods evaluated on the
+same prompts with the same sampling seed are compared *paired*: one resample of the prompts
+serves both, so what the prompts share cancels.
+
+    bootstrap_indices(n, draws, seed)        (draws, n) prompt indices, resampled with replacement
+    mean_interval(values, ...)               mean and 95% percentile interval of a per-prompt mean
+    interpolate_at(kl, reward, at)           a trajectory's reward at given KLs (linear, KL-sorted)
+    matched_difference(a, b, ...)            mean reward gap of trajectory a over b on their shared KL
+                                             range, with its paired bootstrap interval
+"""
+
+import numpy as np
+
+
+def bootstrap_indices(n, draws=2000, seed=0):
+    """(draws, n) indices into n prompts, drawn with replacement: one row per bootstrap replicate."""
+    return np.random.default_rng(seed).integers(0, n, size=(draws, n))
+
+
+def mean_interval(values, draws=2000, seed=0, level=0.95):
+    """(mean, low, high): the mean of per-prompt `values` (n,) and its percentile bootstrap interval."""
+    values = np.asarray(values, dtype=float)
+    means = values[bootstrap_indices(len(values), draws, seed)].mean(-1)  # (draws,)
+    tail = (1 - level) / 2 * 100
+    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def interpolate_at(kl, reward, at):
+    """Reward of a trajectory at the KLs `at`, linear between its points taken in KL order
+    (a run's KL can dip; sorting makes the curve a function). Outside the trajectory's KL range: nan."""
+    kl, reward = np.asarray(kl, dtype=float), np.asarray(reward, dtype=float)
+    order = np.argsort(kl, kind="stable")
+    out = np.interp(at, kl[order], reward[order])
+    return np.where((np.asarray(at) < kl.min()) | (np.asarray(at) > kl.max()), np.nan, out)
+
+
+def _gap(kl_a, reward_a, kl_b, reward_b, grid_size):
+    """Mean of a's minus b's interpolated reward over a grid of their shared KL range (nan if none)."""
+    low, high = max(np.min(kl_a), np.min(kl_b)), min(np.max(kl_a), np.max(kl_b))
+    if not high > low:
+        return np.nan
+    grid = np.linspace(low, high, grid_size)
+    return float(np.mean(interpolate_at(kl_a, reward_a, grid) - interpolate_at(kl_b, reward_b, grid)))
+
+
+def matched_difference(a, b, draws=2000, seed=0, level=0.95, grid_size=50):
+    """How much more reward trajectory `a` reaches than `b` at the same KL, paired over prompts.
+
+    Args:
+        a, b: dicts with per-prompt arrays "kl" and "reward", each (points, n_prompts): every
+            evaluation of a method's runs on the same n prompts (the same order in a and b).
+    Returns:
+        dict: gap (the mean of a - b over their shared range of mean KL, both interpolated
+        linearly in KL), low and high (the percentile interval of the gap when the prompts are
+        resampled, the same resample for a and b), kl_low and kl_high (the shared range), and
+        p_below_zero (the share of replicates where the gap is <= 0).
+    """
+    kl_a, reward_a, kl_b, reward_b = (np.asarray(x, dtype=float) for x in (a["kl"], a["reward"], b["kl"], b["reward"]))
+    if kl_a.shape[1] != kl_b.shape[1]:
+        raise ValueError(f"a paired comparison needs the same prompts: {kl_a.shape[1]} against {kl_b.shape[1]}")
+    gap = _gap(kl_a.mean(1), reward_a.mean(1), kl_b.mean(1), reward_b.mean(1), grid_size)
+    replicates = []
+    for idx in bootstrap_indices(kl_a.shape[1], draws, seed):
+        replicates.append(_gap(kl_a[:, idx].mean(1), reward_a[:, idx].mean(1), kl_b[:, idx].mean(1),
+                               reward_b[:, idx].mean(1), grid_size))
+    replicates = np.array(replicates)
+    replicates = replicates[~np.isnan(replicates)]
+    tail = (1 - level) / 2 * 100
+    return {"gap": gap, "low": float(np.percentile(replicates, tail)), "high": float(np.percentile(replicates, 100 - tail)),
+            "kl_low": float(max(kl_a.mean(1).min(), kl_b.mean(1).min())),
+            "kl_high": float(min(kl_a.mean(1).max(), kl_b.mean(1).max())),
+            "p_below_zero": float((replicates <= 0).mean())}

@@ -1,0 +1,60 @@
+"""The frontier's uncertainty: bootstrap intervals and paired matched-KL gaps on cases with
+known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dpo_core.stats import interpolate_at, matched_difference, mean_interval
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_normal_theory():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.6, 0.2, size=400)
+    mean, low, high = mean_interval(values, draws=4000)
+    half_width = 1.96 * 0.2 / math.sqrt(400)  # 0.0196
+    assert low < mean < high and mean == pytest.approx(values.mean())
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert mean_interval(np.full(50, 0.3)) == (pytest.approx(0.3), pytest.approx(0.3), pytest.approx(0.3))
+
+
+def test_interpolation_hand_computed_and_nan_outside():
+    out = interpolate_at([0.0, 3.0, 1.0], [0.5, 0.6, 0.7], [0.5, 2.0, 3.0, 4.0, -1.0])  # unsorted on purpose
+    np.testing.assert_allclose(out[:3], [0.6, 0.65, 0.6])
+    assert np.isnan(out[3]) and np.isnan(out[4])
+
+
+def trajectory(base, shift, kls, noise=0.0, seed=0):
+    """(points, prompts) arrays: per-prompt rewards base + shift (+ independent noise), KLs given per point."""
+    rng = np.random.default_rng(seed)
+    reward = base[None, :] + shift + noise * rng.normal(size=(len(kls), len(base)))
+    kl = np.repeat(np.asarray(kls, dtype=float)[:, None], len(base), axis=1)
+    return {"kl": kl, "reward": reward}
+
+
+def test_paired_gap_of_a_shifted_copy_is_the_shift_with_a_tight_interval():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.9, size=256)  # what the prompts share: large, and cancels in the pairing
+    a = trajectory(base, 0.05, [0, 1, 2, 4])
+    b = trajectory(base, 0.0, [0, 1.5, 3, 5])
+    result = matched_difference(a, b, draws=500)
+    assert result["gap"] == pytest.approx(0.05) and result["low"] == pytest.approx(0.05)
+    assert result["high"] == pytest.approx(0.05) and (result["kl_low"], result["kl_high"]) == (0.0, 4.0)
+    assert result["p_below_zero"] == 0.0
+
+
+def test_paired_gap_with_noise_covers_the_truth_and_no_difference_is_no_difference():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.2, 0.9, size=256)
+    truth, covered = 0.03, 0
+    for seed in range(20):
+        a = trajectory(base, truth, [0, 1, 2], noise=0.1, seed=seed)
+        b = trajectory(base, 0.0, [0, 1, 2], noise=0.1, seed=100 + seed)
+        result = matched_difference(a, b, draws=300, seed=seed)
+        covered += result["low"] <= truth <= result["high"]
+    assert covered >= 16  # a 95% interval: about 19 of 20
+    same = matched_difference(trajectory(base, 0, [0, 1], 0.1, 5), trajectory(base, 0, [0, 1], 0.1, 6), draws=300)
+    assert same["low"] < 0 < same["high"]
+    with pytest.raises(ValueError, match="same prompts"):
+        matched_difference(trajectory(base, 0, [0, 1]), trajectory(base[:10], 0, [0, 1]))
