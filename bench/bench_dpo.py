@@ -99,7 +99,8 @@ def step_stats(times, tokens, n_params):
 def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
     from dpo_core.data import collate_pairs, make_pair
     from dpo_core.logprobs import concatenated_forward
-    from dpo_core.train import disable_dropout, dpo_step, reference_logps
+    from dpo_core.models import disable_dropout
+    from dpo_core.train import dpo_step, reference_logps
 
     model, tok = load(model_name)
     disable_dropout(model).train()

@@ -42,14 +42,15 @@ N_TOP = 4  # the cpu profile's train_layers (1 on the 2-block tiny model)
 
 
 def n_top(model):
-    from dpo_core.train import transformer_blocks
+    from dpo_core.models import transformer_blocks
 
     return min(N_TOP, len(transformer_blocks(model)) - 1)
 
 
 def setup(model_name, prompt_tokens, completion_tokens, pairs=8):
     from dpo_core.data import collate_pairs, make_pair
-    from dpo_core.train import disable_dropout, reference_logps
+    from dpo_core.models import disable_dropout
+    from dpo_core.train import reference_logps
 
     model, tok = load(model_name)
     disable_dropout(model).train()
@@ -102,7 +103,7 @@ def lever_lm_head_top(model_name, reps, prompt_tokens, completion_tokens):
     scored, chunked LM head."""
     from dpo_core import frozen
     from dpo_core.logprobs import concatenated_inputs, sequence_logps
-    from dpo_core.train import train_top_layers
+    from dpo_core.models import train_top_layers
 
     model, _, batch, reference = setup(model_name, prompt_tokens, completion_tokens)
     k = n_top(model)
@@ -166,7 +167,8 @@ def alone(model_name, prompt_tokens, completion_tokens, forward="full", env=None
 def lever_length_buckets(model_name, reps, prompt_tokens, pairs=32, steps=4, batch_size=8):
     """Same 32 pairs, same 4 steps: random batches against length-bucketed ones (full model)."""
     from dpo_core.data import collate_pairs, make_pair
-    from dpo_core.train import disable_dropout, dpo_step, length_bucketed, pair_batches, reference_logps
+    from dpo_core.models import disable_dropout
+    from dpo_core.train import dpo_step, length_bucketed, pair_batches, reference_logps
 
     model, tok = load(model_name)
     disable_dropout(model).train()
@@ -217,7 +219,7 @@ def lever_draw(model_name, reps, rows=64, calls=20):
 def lever_frozen_bottom(model_name, reps, prompt_tokens, completion_tokens):
     from dpo_core import frozen
     from dpo_core.logprobs import concatenated_forward, concatenated_inputs
-    from dpo_core.train import train_top_layers
+    from dpo_core.models import train_top_layers
 
     model, _, batch, reference = setup(model_name, prompt_tokens, completion_tokens)
     k = n_top(model)
