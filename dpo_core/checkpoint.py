@@ -13,11 +13,12 @@ cannot be read is reported and ignored, never half-applied.
 """
 
 import json
-import os
 import random
 from pathlib import Path
 
 import torch
+
+from dpo_core.results import atomic
 
 
 def _trained_state(model):
@@ -66,9 +67,8 @@ class Checkpoint:
             "generator": None if self.generator is None else self.generator.get_state(),
             "stateful": json.dumps({name: obj.state_dict() for name, obj in self.stateful.items()}),
         }
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with atomic(self.path) as tmp:
+            torch.save(state, tmp)
         print(f"[checkpoint] step {step} saved")
 
     def restore(self):

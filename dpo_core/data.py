@@ -139,7 +139,7 @@ def collate_pairs(examples, pad_token_id):
 
 
 def preference_pairs(scores):
-    """All pairs of one prompt's completions, ordered by gold reward (DESIGN.md section 3.4).
+    """All pairs of one prompt's completions, ordered by gold reward (App. C.1; ARCHITECTURE.md, the IMDb data flow).
 
     With K = 4 completions this gives the paper's C(4, 2) = 6 pairs per prefix. Exact ties
     carry no preference and are dropped, and counted so the tie rate can be reported.
@@ -161,7 +161,7 @@ def preference_pairs(scores):
 
 
 def preference_rows(prompts, completions, scores):
-    """The pair rows of a sampled preference set (Section 6, DESIGN.md section 3.4): for each
+    """The pair rows of a sampled preference set (Section 6 and App. C.1): for each
     prompt, every pair of its K completions ordered by gold reward (`preference_pairs`: exact ties
     dropped and counted), and pairs of identical completions dropped (they tie by construction).
 

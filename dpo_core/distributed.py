@@ -1,4 +1,4 @@
-"""Several processes training one policy, with accelerate (DESIGN.md section 6).
+"""Several processes training one policy, with accelerate (ARCHITECTURE.md, Scale).
 
 `accelerate launch` starts N copies of the same program. Each takes its share of every global
 batch and DDP averages the gradients, so with equal shares and a mean loss N processes step

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from dpo_core import progress
+from dpo_core.assets import load_reward
 from dpo_core.results import atomic_write
 
 VERDICTS = ("win", "loss", "tie", "invalid")
@@ -194,8 +195,6 @@ def make_judge(spec, task, cache_dir, base_url="https://api.openai.com/v1", seed
     if kind == "chat" and name:
         return ChatJudge(task, name, base_url, cache_dir, seed=seed)
     if kind == "reward" and name:
-        from dpo_core.assets import load_reward
-
         return GoldRewardJudge(load_reward(name))
     raise ValueError(f"unknown judge {spec!r}; use chat:<model> (e.g. chat:gpt-4-0314) or reward:<name> (e.g. reward:tiny)")
 

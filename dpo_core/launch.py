@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed
 import yaml
 
 
@@ -51,8 +52,6 @@ def main(argv=None):
         values.update(yaml.safe_load(Path(file).read_text()) or {})
     values.update({name: yaml.safe_load(value) for name, value in args.parameter})
     run(args.notebook, values)
-    import torch.distributed
-
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

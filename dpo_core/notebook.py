@@ -11,9 +11,9 @@ cell that starts with `# Parameters`, which IPython keeps in its input history `
 import ast
 import difflib
 import re
-from pathlib import Path
 
 from dpo_core.precision import PRECISIONS
+from dpo_core.results import repo_root  # noqa: F401  (notebooks import it from here)
 
 
 class ParameterError(ValueError):
@@ -84,14 +84,3 @@ def refuse_secrets(params):
         if isinstance(value, str) and re.search(r"\b(sk-[A-Za-z0-9_-]{8,}|Bearer\s+\S+)", value):
             raise ParameterError(f"parameter {name!r} looks like an API key; put the key in $OPENAI_API_KEY "
                                  "(read from the environment only) and remove it from the parameters")
-
-
-def repo_root():
-    """The repository root: the nearest parent of the working directory holding this
-    project's pyproject.toml, else the parent of the installed package (editable install).
-    JupyterLab, nbval (notebook dir) and papermill (--cwd) then agree on every path."""
-    for folder in [Path.cwd(), *Path.cwd().parents]:
-        pyproject = folder / "pyproject.toml"
-        if pyproject.is_file() and 'name = "dpo_core"' in pyproject.read_text():
-            return folder
-    return Path(__file__).resolve().parents[1]

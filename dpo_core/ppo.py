@@ -18,8 +18,10 @@ token of row b is the last position where mask[b] is 1.
 
 import torch
 
+from dpo_core.evaluate import completion_batch
 from dpo_core.frozen import bottom_hidden, final_hidden, lm_logits
 from dpo_core.logprobs import token_logps
+from dpo_core.sampling import sample
 from dpo_core.train import apply_loss
 
 
@@ -157,9 +159,6 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
     runs once per rollout batch and its states serve pi, pi_ref (whose bottom is the same
     frozen weights) and every minibatch pass.
     """
-    from dpo_core.evaluate import completion_batch
-    from dpo_core.sampling import sample
-
     policy.eval()
     completions = sample(policy, prompts, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=generator)

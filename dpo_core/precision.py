@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from dpo_core.results import atomic_write
+
 PRECISIONS = ("auto", "fp32", "bf16")
 # bf16 must beat fp32 by this much at the model's shapes: the casts and the fp32 work around
 # the matmuls (log-softmax, optimizer, norms) eat part of the matmul gain.
@@ -164,10 +166,7 @@ def choose(precision, model, tokens=512, verbose=True):
     if key not in cached or not isinstance(cached[key], dict) or "speedup" not in cached[key]:
         fp32, bf16 = matmul_seconds(shapes, torch.float32), matmul_seconds(shapes, torch.bfloat16)
         cached[key] = {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16, "measured": time.strftime("%F %T")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(cached, indent=1))
     speedup = cached[key]["speedup"]
     chosen = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
     if verbose:

@@ -6,16 +6,33 @@ train_log.csv, samples.jsonl, and a FINISHED marker written last. Figure noteboo
 only finished runs, so a run that died halfway never shows up as a result.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dpo_core.notebook import repo_root
+
+def repo_root():
+    """The repository root: the nearest parent of the working directory holding this
+    project's pyproject.toml, else the parent of the installed package (editable install).
+    JupyterLab, nbval (notebook dir) and papermill (--cwd) then agree on every path."""
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "dpo_core"' in pyproject.read_text():
+            return folder
+    return Path(__file__).resolve().parents[1]
+
 
 
 def run_dir(results_root, profile, notebook, run_name):
@@ -32,14 +49,31 @@ def cache_dir(results_root, profile):
     return run_dir(results_root, profile, "cache", ".").resolve()
 
 
-def atomic_write(path, text):
-    """Write text to a temporary sibling, then rename it over `path`."""
+@contextlib.contextmanager
+def atomic(path, folder=False):
+    """Write-then-rename, the one way every file and folder of a run, a cache or an asset is
+    written: yields a temporary sibling of `path` on the same filesystem (a file name inside a
+    fresh `.<name>.partial-*` folder, or that folder itself with folder=True), and renames it over
+    `path` only when the block completes. An error or a kill leaves `path` as it was: a reader
+    never sees half a file, and a run dying mid-write never leaves something that loads."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    target = tmp if folder else tmp / path.name
+    try:
+        yield target
+        for written in [target, *target.rglob("*")] if folder else [target]:
+            written.chmod((0o777 if written.is_dir() else 0o666) & ~_umask())  # mkdtemp's 0700: shared like any file
+        if folder and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write(path, text):
+    with atomic(path) as tmp:
+        tmp.write_text(text)
 
 
 def _umask():
@@ -54,8 +88,6 @@ def save_json(path, obj):
 
 def save_rows(path, rows):
     """A list of dicts as CSV (columns from the union of keys, in first-seen order)."""
-    import pandas as pd
-
     atomic_write(path, pd.DataFrame(rows).to_csv(index=False))
 
 
@@ -77,8 +109,6 @@ def load_metrics(results_root, profile, notebooks):
     """metrics.csv of every finished run of the given notebooks as one DataFrame, with the
     run's `notebook` and `run` and its params.json values added as columns. Unfinished runs
     are left out, printed, and listed in `frame.attrs["unfinished"]` so figures can say so."""
-    import pandas as pd
-
     frames, unfinished = [], []
     for notebook in notebooks:
         base = run_dir(results_root, profile, notebook, ".").resolve()
@@ -102,22 +132,13 @@ def load_metrics(results_root, profile, notebooks):
 
 def save_model(model, tokenizer, path):
     """save_pretrained into a temporary sibling folder, renamed into place when complete."""
-    import shutil
-
-    from dpo_core.assets import atomic_path
-
-    path = Path(path)
-    tmp = atomic_path(path)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic(path, folder=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def load_model(path):
     """(model, tokenizer) saved by `save_model`, fp32, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"no finished model in {path}; run the notebook that writes it first")
     return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval(), AutoTokenizer.from_pretrained(path)
@@ -157,14 +178,9 @@ def cached_json(path, compute, name):
 
 
 def save_tensors(path, tensors):
-    """A dict of tensors as safetensors, written to a temporary sibling (unique per process,
-    so parallel runs never share one) and renamed into place."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    """A dict of tensors as safetensors, written atomically (parallel runs never share a temporary)."""
+    with atomic(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def fingerprint(*parts):
@@ -204,9 +220,6 @@ def cached_tensors(path, compute, name, valid=lambda tensors: True):
     """The dict of tensors stored at `path` (a content-addressed cache file), or `compute()`
     saved there first (`save_tensors`). A file that cannot be read, or that `valid` rejects,
     is reported with `name` and computed again."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_file():
         try:
@@ -230,8 +243,6 @@ def save_trained_parameters(module, path):
 
 def load_trained_parameters(module, path):
     """Load what `save_trained_parameters` wrote into a module of the same architecture."""
-    from safetensors.torch import load_file
-
     tensors = load_file(str(path))
     unknown = set(tensors) - dict(module.named_parameters()).keys()
     if unknown:
@@ -265,8 +276,6 @@ def markdown_table(rows, columns):
 def git_commit():
     """The repository's HEAD commit (short), marked '+changes' when tracked files differ from it
     (the regenerated figures/ themselves excepted: writing them must not mark their own run dirty)."""
-    import subprocess
-
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True).stdout.strip()
 

@@ -18,7 +18,10 @@ the notebooks run on `smoke` (tests/test_tasks.py checks the parsing on them).
 
 import random
 
-from dpo_core.data import require_columns
+import datasets
+
+from dpo_core.assets import hub_source
+from dpo_core.data import encode_pair, require_columns
 
 TLDR_MARK = "TL;DR:"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -100,8 +103,6 @@ def encode_text_pairs(tokenizer, pairs, max_length):
     """Text pairs -> (make_pair examples, n_too_long). A pair longer than `max_length` tokens is
     left out and counted (real posts vary in length; truncating would cut chosen and rejected
     differently); an error if none is left."""
-    from dpo_core.data import encode_pair
-
     examples, too_long = [], 0
     for pair in pairs:
         try:
@@ -119,8 +120,6 @@ def encode_text_pairs(tokenizer, pairs, max_length):
 def fixture(name, n_rows=24, seed=0):
     """A small synthetic `datasets.Dataset` in the schema of the hub dataset `name` (a key of
     SCHEMAS): real structure, made-up text. For smoke runs and tests, never for results."""
-    import datasets
-
     if name not in SCHEMAS:
         raise ValueError(f"no fixture for {name!r}; choose one of {sorted(SCHEMAS)}")
     rng = random.Random(seed)
@@ -153,9 +152,5 @@ def load_rows(source, split):
     if source.startswith("fixture:"):
         return fixture(source.split(":", 1)[1], seed=0 if split == "train" else 1)
     if source.startswith("hub:"):
-        import datasets
-
-        from dpo_core.assets import hub_source
-
         return datasets.load_dataset(hub_source(source), split=split)
     raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf) or fixture:<name>")
