@@ -18,7 +18,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from dpo_core.data import collate_pairs
 from dpo_core.logprobs import concatenated_inputs, pad_right, position_ids_from_mask
-from dpo_core.precision import weights_fixed
 from dpo_core.tiny import byte_tokenizer
 
 
@@ -66,7 +65,8 @@ class SentimentReward:
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
-            with weights_fixed(self.model.device):
+            # the judge runs in fp32 even inside a bf16 run: its numbers must not depend on the machine
+            with torch.autocast(self.model.device.type, enabled=False):
                 log_probs = torch.log_softmax(self.model(**enc).logits.float(), -1)  # (b, n_labels)
             positive = log_probs[:, self.positive_index]
             negative = torch.logsumexp(

@@ -63,3 +63,10 @@ def test_small_real_finetune_of_the_gold_reward(tmp_path):
     # 0.003-0.03 from failing; the means differ by 0.03-0.04 everywhere, the held-out AUC is 0.74-0.80.
     assert result["roc_auc"] > 0.6  # well above chance (0.5), on 400 held-out sentences
     assert scores[:2].mean() > scores[2:].mean() + 0.01, f"clear sentiment misordered: {scores.tolist()}"
+
+
+def test_the_judge_scores_in_fp32_inside_a_bf16_run():
+    reward = SentimentReward(*tiny_classifier())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = reward(TEXTS)
+    assert torch.equal(inside, reward(TEXTS))
