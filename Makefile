@@ -77,7 +77,10 @@ R     := results/$(PROFILE)
 SWEEP := $(basename $(notdir $(wildcard params/$(PROFILE)/04_imdb_dpo_and_baselines/*.yaml)))
 PPO   := $(basename $(notdir $(wildcard params/$(PROFILE)/06_imdb_ppo/*.yaml)))
 WINS  := $(basename $(notdir $(wildcard params/$(PROFILE)/09_imdb_win_rates/*.yaml)))
-RUN    = mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
+RUNS  := $(words 02 03 $(SWEEP) 05 $(PPO) 07 $(WINS))
+# Says which stage starts and how many of the graph's runs are finished before it.
+STAGE  = echo "[figures] $(1) $(notdir $(@D)): starting; $$(find $(R) -name FINISHED 2>/dev/null | wc -l) of $(RUNS) runs finished"
+RUN    = $(call STAGE,$(1)) && mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
 FIGURE := $(R)/08_fig_reward_kl_frontier/main/executed.ipynb
 WINFIG := $(R)/10_fig_win_rates/main/executed.ipynb
 

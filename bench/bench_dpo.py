@@ -35,9 +35,9 @@ import torch
 PAIRS, PROMPT_TOKENS, COMPLETION_TOKENS = 8, 8, 32
 
 
-def matmul_peak(n=2048, repeats=5):
-    """Best fp32 GFLOP/s of an n x n matmul, measured now on this machine."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n=2048, repeats=5, dtype=torch.float32):
+    """Best GFLOP/s of an n x n matmul in `dtype`, measured now on this machine."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -96,7 +96,8 @@ def step_stats(times, tokens, n_params):
             "tokens_per_s": tokens / median, "gflops": 6 * n_params * tokens / median / 1e9}
 
 
-def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
+def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False, precision="fp32", compiled=False):
+    from dpo_core import precision as precisions
     from dpo_core.data import collate_pairs, make_pair
     from dpo_core.logprobs import concatenated_forward
     from dpo_core.models import disable_dropout
@@ -106,20 +107,23 @@ def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False):
     disable_dropout(model).train()
     if checkpointing:  # recompute each block's activations in the backward instead of keeping them
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compiled:  # inductor on the base model (the LM head and the log-softmax stay eager)
+        model.base_model.forward = torch.compile(model.base_model.forward, dynamic=False)
     forward = (lambda m, b: concatenated_forward(m, b, completion_only=True)) if lean else concatenated_forward
     pairs = make_pairs(tok, PAIRS)
     batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in pairs], tok.pad_token_id)
-    ref_c, ref_r = reference_logps(model, batch)  # precomputed once; pi = pi_ref at the start
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)  # what TRL (transformers) uses by default
-    reset_peak_rss()
-    times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
-             for _ in range(warmup + steps)]
+    with precisions.autocast(precision):
+        ref_c, ref_r = reference_logps(model, batch)  # precomputed once, in the step's layout; pi = pi_ref at the start
+        reset_peak_rss()
+        times = [_timed(lambda: dpo_step(model, optimizer, batch, ref_c, ref_r, 0.1, forward=forward))
+                 for _ in range(warmup + steps)]
     tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     return {**step_stats(times[warmup:], tokens, sum(p.numel() for p in model.parameters())),
-            "train_peak_rss_mb": peak_rss_mb()}
+            "first_step_s": times[0], "train_peak_rss_mb": peak_rss_mb()}
 
 
-def bench_trl(model_name, steps, warmup, fast):
+def bench_trl(model_name, steps, warmup, fast, bf16=False, checkpointing=None):
     import datasets
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -141,9 +145,10 @@ def bench_trl(model_name, steps, warmup, fast):
             times.append(time.perf_counter() - self.start)
 
     config = DPOConfig(output_dir="/tmp/bench-trl", per_device_train_batch_size=PAIRS, max_steps=warmup + steps,
-                       bf16=False, use_cpu=True, report_to=[], logging_steps=1000, save_strategy="no",
+                       bf16=bf16, use_cpu=True, report_to=[], logging_steps=1000, save_strategy="no",
                        dataloader_drop_last=True, max_length=PROMPT_TOKENS + COMPLETION_TOKENS,
-                       **({"gradient_checkpointing": False, "precompute_ref_log_probs": True} if fast else {}))
+                       **({"gradient_checkpointing": False, "precompute_ref_log_probs": True} if fast else {}),
+                       **({} if checkpointing is None else {"gradient_checkpointing": checkpointing}))
     # The default keeps a separate reference model; pass a copy (the tiny model has no hub name to reload).
     ref_model = None if fast else copy.deepcopy(model)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=data, processing_class=tok,
@@ -154,7 +159,8 @@ def bench_trl(model_name, steps, warmup, fast):
             "train_peak_rss_mb": peak_rss_mb()}
 
 
-def bench_sampling(model_name, method, new_tokens=32, n_prompts=64):
+def bench_sampling(model_name, method, new_tokens=32, n_prompts=64, precision="fp32"):
+    from dpo_core import precision as precisions
     from dpo_core.sampling import sample
 
     model, tok = load(model_name)
@@ -169,30 +175,57 @@ def bench_sampling(model_name, method, new_tokens=32, n_prompts=64):
         temperature = 0 if method == "decode-bound" else 1.0
         run = lambda: sample(model, prompts, new_tokens, temperature=temperature, pad_token_id=tok.pad_token_id,
                              generator=g)
-    with torch.inference_mode():
+    with torch.inference_mode(), precisions.autocast(precision), precisions.weights_fixed():
         run()  # warm-up
         times = [_timed(run) for _ in range(3)]
     return {"seconds_median": statistics.median(times), "new_tokens_per_s": n_prompts * new_tokens / statistics.median(times)}
 
 
-def bench_precompute(model_name):
+def bench_precompute(model_name, precision="fp32"):
+    from dpo_core import precision as precisions
     from dpo_core.data import collate_pairs, make_pair
     from dpo_core.train import reference_logps
 
     model, tok = load(model_name)
     batch = collate_pairs([make_pair(*p, max_length=PROMPT_TOKENS + COMPLETION_TOKENS) for p in make_pairs(tok, 32)], tok.pad_token_id)
-    reference_logps(model, batch)
-    seconds = statistics.median(_timed(lambda: reference_logps(model, batch)) for _ in range(3))
+    with precisions.autocast(precision):
+        reference_logps(model, batch)
+        seconds = statistics.median(_timed(lambda: reference_logps(model, batch)) for _ in range(3))
     return {"sequences_per_s": 64 / seconds}
 
 
-def bench_reward(model_name):
+def bench_kl(model_name, precision="fp32"):
+    """Exact and sampled sequence KL of 64 completions of 32 tokens (one evaluation's KL)."""
+    from dpo_core import precision as precisions
+    from dpo_core.evaluate import sequence_kl
+
+    model, tok = load(model_name)
+    pairs = make_pairs(tok, 64)
+    prompts, completions = [p for p, _, _ in pairs], [c for _, c, _ in pairs]
+    with precisions.autocast(precision):
+        sequence_kl(model, model, prompts[:8], completions[:8], tok.pad_token_id)
+        seconds = statistics.median(_timed(lambda: sequence_kl(model, model, prompts, completions, tok.pad_token_id))
+                                    for _ in range(3))
+    return {"sequences_per_s": 64 / seconds}
+
+
+def bench_reward(model_name, precision="fp32"):
+    """Gold-reward scoring throughput; with precision bf16 the classifier itself in bf16 autocast
+    (SentimentReward always scores in fp32, so this measures what that choice costs)."""
     from dpo_core import assets
 
     reward = assets.load_reward("tiny" if model_name == "tiny" else "minilm-sentiment")
     texts = assets.load_corpus("pang-lee-sentences")["text"][:256]
-    reward(texts[:32])
-    seconds = statistics.median(_timed(lambda: reward(texts)) for _ in range(3))
+
+    def score():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for start in range(0, len(texts), reward.batch_size):
+                enc = reward.tokenizer(texts[start : start + reward.batch_size], padding=True, truncation=True,
+                                       max_length=reward.max_length, return_tensors="pt")
+                reward.model(**enc)
+
+    score()
+    seconds = statistics.median(_timed(score) for _ in range(3))
     return {"texts_per_s": len(texts) / seconds}
 
 
@@ -200,14 +233,31 @@ JOBS = {
     "dpo-core": lambda a: bench_dpo_core(a.model, a.steps, a.warmup),
     "dpo-core-lean": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True),
     "dpo-core-lean-gc": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, checkpointing=True),
+    "dpo-core-bf16": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, precision="bf16"),
+    "dpo-core-lean-bf16": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, precision="bf16"),
+    "dpo-core-lean-gc-bf16": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, checkpointing=True,
+                                                      precision="bf16"),
+    "dpo-core-lean-bf16-compiled": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, precision="bf16",
+                                                            compiled=True),
     "trl-default": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False),
     "trl-fast": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True),
+    "trl-bf16": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False, bf16=True),
+    "trl-bf16-no-gc": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False, bf16=True, checkpointing=False),
+    "trl-bf16-fast": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True, bf16=True),
     "sample-core": lambda a: bench_sampling(a.model, "core"),
+    "sample-core-bf16": lambda a: bench_sampling(a.model, "core", precision="bf16"),
     "sample-generate": lambda a: bench_sampling(a.model, "generate"),
+    "sample-generate-bf16": lambda a: bench_sampling(a.model, "generate", precision="bf16"),
     "decode-bound": lambda a: bench_sampling(a.model, "decode-bound"),
+    "decode-bound-bf16": lambda a: bench_sampling(a.model, "decode-bound", precision="bf16"),
     "precompute": lambda a: bench_precompute(a.model),
+    "precompute-bf16": lambda a: bench_precompute(a.model, "bf16"),
+    "kl": lambda a: bench_kl(a.model),
+    "kl-bf16": lambda a: bench_kl(a.model, "bf16"),
     "reward": lambda a: bench_reward(a.model),
+    "reward-bf16": lambda a: bench_reward(a.model, "bf16"),
 }
+BF16 = lambda job: "bf16" in job  # noqa: E731  (which peak a job's MFU is measured against)
 
 
 def _child(name, args, queue):
@@ -239,10 +289,12 @@ def main():
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated subset of " + ",".join(JOBS))
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.json")))
     args = parser.parse_args()
-    peak = matmul_peak()
-    print(f"[bench] fp32 matmul peak: {peak:.1f} GFLOP/s, {torch.get_num_threads()} threads", flush=True)
+    peak, peak_bf16 = matmul_peak(), matmul_peak(dtype=torch.bfloat16)
+    print(f"[bench] matmul peak: fp32 {peak:.1f}, bf16 {peak_bf16:.1f} GFLOP/s, {torch.get_num_threads()} threads",
+          flush=True)
     results = {name: run_job(name, args) for name in args.jobs.split(",")}
-    record = {"model": args.model, "matmul_peak_gflops": peak, "threads": torch.get_num_threads(),
+    record = {"model": args.model, "matmul_peak_gflops": peak, "matmul_peak_bf16_gflops": peak_bf16,
+              "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "pairs": PAIRS, "prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
               "results": results}
@@ -258,48 +310,59 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
+STEP_JOBS = [j for j in JOBS if j.startswith(("dpo-core", "trl"))]
+
+
 def render(records):
-    """RESULTS.md: every measurement, then the issue's targets as ratios from the same run."""
+    """RESULTS.md: every measurement, then the targets as ratios from the same run."""
     lines = ["# Benchmark results", "", "Written by `bench/bench_dpo.py` (`make bench`); do not edit by hand.", ""]
     for model, rec in records.items():
         r = rec["results"]
+        peaks = {False: rec["matmul_peak_gflops"], True: rec.get("matmul_peak_bf16_gflops") or rec["matmul_peak_gflops"]}
         lines += [f"## {model}", "",
-                  f"torch {rec['torch']}, {rec['threads']} threads, fp32; matmul peak measured in this run: "
-                  f"{rec['matmul_peak_gflops']:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
-                  f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens.", "",
-                  "| job | step median s (min-max) | tokens/s | GFLOP/s (6NT) | MFU | peak RSS MB: training / whole process |",
-                  "|---|---|---|---|---|---|"]
-        for job in ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast"):
+                  f"torch {rec['torch']}, {rec['threads']} threads; matmul peaks measured in this run (2048 x 2048): "
+                  f"fp32 {peaks[False]:.1f}, bf16 {peaks[True]:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
+                  f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens. MFU: nominal 6NT FLOPs against the "
+                  "peak of the precision the job uses.", "",
+                  "| job | step median s (min-max) | first step s | tokens/s | GFLOP/s (6NT) | MFU | peak RSS MB: training / process |",
+                  "|---|---|---|---|---|---|---|"]
+        for job in STEP_JOBS:
             x = r.get(job, {})
             if "step_median_s" in x:
                 lines.append(f"| {job} | {x['step_median_s']:.3f} ({x['step_min_s']:.3f}-{x['step_max_s']:.3f}) | "
-                             f"{x['tokens_per_s']:.0f} | {x['gflops']:.1f} | {x['gflops'] / rec['matmul_peak_gflops']:.0%} | "
-                             f"{x.get('train_peak_rss_mb', 0):.0f} / {x['peak_rss_mb']:.0f} |")
+                             f"{x.get('first_step_s', float('nan')):.1f} | {x['tokens_per_s']:.0f} | {x['gflops']:.1f} | "
+                             f"{x['gflops'] / peaks[BF16(job)]:.0%} | {x.get('train_peak_rss_mb', 0):.0f} / {x['peak_rss_mb']:.0f} |")
             elif x:
-                lines.append(f"| {job} | failed: {x.get('error')} | | | | |")
-        lines += ["", "| job | result | peak RSS MB |", "|---|---|---|"]
-        for job in ("sample-core", "sample-generate", "decode-bound", "precompute", "reward"):
-            x = r.get(job, {})
-            values = ", ".join(f"{k} {v:.1f}" for k, v in x.items() if k != "peak_rss_mb" and isinstance(v, float))
-            lines.append(f"| {job} | {values or x.get('error', 'not run')} | {x.get('peak_rss_mb', 0):.0f} |")
-        tps = {j: r.get(j, {}).get("tokens_per_s") for j in ("dpo-core", "dpo-core-lean", "trl-default", "trl-fast")}
-        rss = {j: r.get(j, {}).get("train_peak_rss_mb", 0) for j in
-               ("dpo-core", "dpo-core-lean", "dpo-core-lean-gc", "trl-default", "trl-fast")}
-        s_core, s_gen, s_bound = (r.get(j, {}).get("new_tokens_per_s") for j in ("sample-core", "sample-generate", "decode-bound"))
-        mfu = {j: r.get(j, {}).get("gflops", 0) / rec["matmul_peak_gflops"] for j in ("dpo-core", "dpo-core-lean")}
-        lines += ["", "| target | dpo-core | dpo-core-lean |", "|---|---|---|",
-                  f"| DPO step >= 5x TRL default (tokens/s) | {ratio(tps['dpo-core'], tps['trl-default'])} | "
-                  f"{ratio(tps['dpo-core-lean'], tps['trl-default'])} |",
-                  f"| DPO step >= 2x TRL fastest (tokens/s) | {ratio(tps['dpo-core'], tps['trl-fast'])} | "
-                  f"{ratio(tps['dpo-core-lean'], tps['trl-fast'])} |",
-                  f"| >= 70% of matmul peak (full-model step; nominal 6NT FLOPs) | {mfu['dpo-core']:.0%} | "
-                  f"{mfu['dpo-core-lean']:.0%} |",
-                  f"| peak memory while training no higher than TRL fastest (no checkpointing either) | {rss['dpo-core']:.0f} vs "
-                  f"{rss['trl-fast']:.0f} MB | {rss['dpo-core-lean']:.0f} vs {rss['trl-fast']:.0f} MB |",
-                  f"| peak memory while training no higher than TRL default (checkpointing: dpo-core-lean-gc) | | "
-                  f"{rss['dpo-core-lean-gc']:.0f} vs {rss['trl-default']:.0f} MB |",
-                  f"| sampler >= 1.5x model.generate | {ratio(s_core, s_gen)} | |",
-                  f"| sampler within 20% of the decode bound | {ratio(s_core, s_bound)} of it | |", ""]
+                lines.append(f"| {job} | failed: {x.get('error')} | | | | | |")
+        lines += ["", "| job | fp32 | bf16 | bf16 / fp32 |", "|---|---|---|---|"]
+        for job, unit in (("sample-core", "new_tokens_per_s"), ("sample-generate", "new_tokens_per_s"),
+                          ("decode-bound", "new_tokens_per_s"), ("precompute", "sequences_per_s"),
+                          ("kl", "sequences_per_s"), ("reward", "texts_per_s")):
+            a, b = r.get(job, {}).get(unit), r.get(f"{job}-bf16", {}).get(unit)
+            lines.append(f"| {job} ({unit}) | {a or float('nan'):.1f} | {b or float('nan'):.1f} | {ratio(b, a)} |")
+        ok = {j: r[j] for j in STEP_JOBS if "tokens_per_s" in r.get(j, {})}
+        core = max((j for j in ok if j.startswith("dpo-core")), key=lambda j: ok[j]["tokens_per_s"], default=None)
+        trl = max((j for j in ok if j.startswith("trl")), key=lambda j: ok[j]["tokens_per_s"], default=None)
+        core_bf16 = max((j for j in ok if j.startswith("dpo-core") and BF16(j)), key=lambda j: ok[j]["gflops"], default=None)
+        sampler = {k: r.get(k, {}).get("new_tokens_per_s") for k in
+                   ("sample-core", "sample-core-bf16", "sample-generate", "sample-generate-bf16")}
+        best_core_sampler = max([v for k, v in sampler.items() if "core" in k and v] or [0])
+        best_generate = max([v for k, v in sampler.items() if "generate" in k and v] or [0])
+        lines += ["", "| target | measured | met? |", "|---|---|---|"]
+        if core and trl:
+            speedup = ok[core]["tokens_per_s"] / ok[trl]["tokens_per_s"]
+            lines.append(f"| best full-model DPO step >= 1.5x TRL's best configuration | {core} against {trl}: "
+                         f"{speedup:.2f}x | {'yes' if speedup >= 1.5 else 'no'} |")
+            rss = (ok[core].get("train_peak_rss_mb", 0), ok[trl].get("train_peak_rss_mb", 0))
+            lines.append(f"| peak RSS no higher than TRL's (the two fastest) | {rss[0]:.0f} against {rss[1]:.0f} MB | "
+                         f"{'yes' if rss[0] <= rss[1] else 'no'} |")
+        if core_bf16:
+            mfu = ok[core_bf16]["gflops"] / peaks[True]
+            lines.append(f"| >= 60% of the bf16 matmul peak | {core_bf16}: {mfu:.0%} | {'yes' if mfu >= 0.6 else 'no'} |")
+        if best_core_sampler and best_generate:
+            lines.append(f"| sampler >= 2x model.generate (best against best) | {ratio(best_core_sampler, best_generate)} | "
+                         f"{'yes' if best_core_sampler >= 2 * best_generate else 'no'} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ def flush_denormals():
     return torch.set_flush_denormal(True)
 
 
+@torch.no_grad()
 def reference_logps(reference_model, batch, completion_only=False):
     """(chosen, rejected) summed log-probs under the frozen reference, each (B,), no graph."""
     return concatenated_forward(reference_model, batch, completion_only=completion_only)

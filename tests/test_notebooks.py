@@ -121,6 +121,18 @@ def test_the_smoke_chain_drew_the_frontier_from_real_runs():
         assert (ROOT / "build" / "smoke" / "figures" / f"reward_kl_frontier.{ext}").stat().st_size > 1000
 
 
+def test_progress_bars_stay_condensed_in_executed_notebooks():
+    """Under papermill a progress bar is one widget output holding its last state, not a line per
+    update: the executed training notebooks keep a handful of outputs, none a stream of bar frames."""
+    for executed in sorted((ROOT / "build" / "smoke").glob("0[2456]_*.ipynb")):
+        outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
+        streams = "".join("".join(o.get("text", "")) for o in outputs if o["output_type"] == "stream")
+        widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+        assert widgets, f"{executed.name}: no progress widget"
+        assert streams.count("\r") <= 2 and "it/s]" not in streams, f"{executed.name}: bar frames in the output"
+        assert len(outputs) < 40, f"{executed.name}: {len(outputs)} outputs"
+
+
 def test_a_misspelt_parameter_stops_the_run_with_a_clear_message():
     with pytest.raises(pm.PapermillExecutionError) as err:
         execute(NOTEBOOKS[0], {"beat": 0.2}, "misspelt-parameter")
@@ -206,3 +218,4 @@ def test_a_training_notebook_killed_mid_run_resumes_to_the_uninterrupted_result(
         timing = [c for c in one.columns if "seconds" in c]
         pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing), check_exact=True)
     assert (runs / "interrupted" / "FINISHED").exists()
+

@@ -39,6 +39,7 @@ def test_one_step_raises_the_chosen_minus_rejected_margin(setup):
     assert dpo_one_step_gain(seed=0) > 0.1
     policy, reference, batch = setup  # the reference really is frozen: a step leaves its log-probs alone
     ref_chosen, ref_rejected = reference_logps(reference, batch)
+    assert not ref_chosen.requires_grad  # no graph is built for pi_ref
     dpo_step(policy, torch.optim.Adam(policy.parameters(), lr=1e-3), batch, ref_chosen, ref_rejected, beta=0.1)
     torch.testing.assert_close(reference_logps(reference, batch)[0], ref_chosen, rtol=0, atol=0)
 
