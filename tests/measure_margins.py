@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--finetune-seeds", type=int, default=3, help="the real MiniLM fine-tune (slow)")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--reward-model-only", action="store_true", help="only the reward model's margins (fast)")
     args = parser.parse_args()
     seeds = range(args.seeds)
     start = time.perf_counter()
@@ -37,9 +38,18 @@ def main():
                                                      "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")}}
     rm = [learned.reward_model_run(seed) for seed in seeds]
     rows["reward_model/train_min_margin"] = summary([m["train"].min().item() for _, m in rm])
+    rows["reward_model/train_accuracy"] = summary([(m["train"] > 0).float().mean().item() for _, m in rm])
+    rows["reward_model/train_mean_margin"] = summary([m["train"].mean().item() for _, m in rm])
     rows["reward_model/held_out_accuracy"] = summary([(m["held_out"] > 0).float().mean().item() for _, m in rm])
     rows["reward_model/held_out_mean_margin"] = summary([m["held_out"].mean().item() for _, m in rm])
     rows["reward_model/seed0_held_out_accuracy"] = (rm[0][1]["held_out"] > 0).float().mean().item()
+    if args.reward_model_only:
+        rows["reward_model/seed0_train_min_margin"] = rm[0][1]["train"].min().item()
+        rows["reward_model/seed0_held_out_mean_margin"] = rm[0][1]["held_out"].mean().item()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1))
+        return
     rows["dpo_one_step_gain"] = summary([learned.dpo_one_step_gain(seed) for seed in seeds])
     gains = [learned.ppo_score_gain(seed, iterations=30) for seed in seeds]
     rows["ppo_score_gain"] = summary([last["score"] - first["score"] for first, last in gains])

@@ -1,0 +1,100 @@
+"""The learning-rate probe behind the `cpu` profile's settings (issue: the faithful frontier).
+
+Runs notebook 04 (and 06) by papermill for each (run, overrides) below, on the finished 02, 03
+and 05 runs of `results/<profile>/`, into a separate tree `results/<profile>-probe/` (the frontier
+figure never sees them), and writes `bench/LR_PROBE.md`: each run's evaluations (step, KL, gold
+reward with its 95% interval over prompts) and training accuracy.
+
+    python bench/lr_probe.py                 # every probe below
+    python bench/lr_probe.py --only dpo      # the probes whose name starts with "dpo"
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from dpo_core import imdb, results, stats
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = {"n_steps": 60, "eval_every": 20, "eval_early": [10], "checkpoint_every": 0}
+PROBES = {  # run name: (notebook, overrides)
+    **{f"dpo_beta-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1,
+                                                                 "learning_rate": lr, **SHORT})
+       for lr in (3e-6, 1e-5, 3e-5)},
+    **{f"preferred_ft_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "preferred_ft", "learning_rate": lr,
+                                                                 **SHORT}) for lr in (3e-6, 1e-5)},
+    **{f"unlikelihood_alpha-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
+                                                                           "learning_rate": lr, **SHORT})
+       for lr in (3e-6, 1e-5)},
+}
+
+
+def link_upstream(profile, probe_root):
+    """The probe tree sees the profile's finished 02, 03 and 05 runs (symlinks) and its cache."""
+    for name in ("02_imdb_sft", "03_imdb_preferences", "05_imdb_reward_model", "cache"):
+        source, target = ROOT / "results" / profile / name, probe_root / profile / name
+        if source.exists() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve())
+
+
+def run(profile, probe_root, name, notebook, overrides):
+    out = probe_root / profile / notebook / name
+    if (out / "FINISHED").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    params = ROOT / "params" / profile / notebook
+    base = params / "dpo_beta-0.1.yaml" if params.is_dir() else params.with_suffix(".yaml")
+    args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT), "--no-progress-bar",
+            f"notebooks/{notebook}.ipynb", str(out / "executed.ipynb"), "-f", str(base),
+            "-p", "profile", profile, "-p", "results_root", str(probe_root), "-p", "run_name", name]
+    for key, value in overrides.items():
+        args += ["-y", json.dumps({key: value})]
+    start = time.perf_counter()
+    subprocess.run(args, cwd=ROOT, check=True)
+    print(f"[probe] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    return out
+
+
+def summary(out):
+    metrics = pd.read_csv(out / "metrics.csv")
+    train = pd.read_csv(out / "train_log.csv")
+    t = imdb.trajectory(out)
+    rows = []
+    for i, row in metrics.iterrows():
+        _, low, high = stats.mean_interval(t["reward"][i])
+        accuracy = train[train.step <= row.step].tail(10)["rewards/accuracies"].mean() \
+            if "rewards/accuracies" in train and row.step > 0 else float("nan")
+        rows.append({"run": out.name, "step": int(row.step), "kl": row.kl, "reward": row.reward, "low": low,
+                     "high": high, "train_accuracy_last_10": accuracy, "tokens": row.completion_tokens,
+                     "distinct_2": row.get("distinct_2", float("nan"))})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--only", default="", help="run only the probes whose name starts with this")
+    args = parser.parse_args()
+    probe_root = ROOT / "results" / f"{args.profile}-probe"
+    link_upstream(args.profile, probe_root)
+    rows = []
+    for name, (notebook, overrides) in PROBES.items():
+        if name.startswith(args.only):
+            rows += summary(run(args.profile, probe_root, name, notebook, overrides))
+    table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_accuracy_last_10",
+                                          "tokens", "distinct_2"])
+    text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; 60 steps, batch 8, "
+            f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts).\n\n"
+            f"{table}\n")
+    (ROOT / "bench" / "LR_PROBE.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
