@@ -31,6 +31,9 @@ PROBES = {  # run name: (notebook, overrides)
     **{f"unlikelihood_alpha-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
                                                                            "learning_rate": lr, **SHORT})
        for lr in (3e-6, 1e-5)},
+    **{f"ppo_gt_target-6_lr-{lr:g}": ("06_imdb_ppo", {"method": "ppo_gt", "target_kl": 6.0, "learning_rate": lr,
+                                                      "train_layers": 0, "n_steps": 30, "eval_every": 10,
+                                                      "checkpoint_every": 0}) for lr in (3e-6, 1e-5)},
 }
 
 
@@ -49,7 +52,7 @@ def run(profile, probe_root, name, notebook, overrides):
         return out
     out.mkdir(parents=True, exist_ok=True)
     params = ROOT / "params" / profile / notebook
-    base = params / "dpo_beta-0.1.yaml" if params.is_dir() else params.with_suffix(".yaml")
+    base = sorted(params.glob("*.yaml"))[0] if params.is_dir() else params.with_suffix(".yaml")
     args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT), "--no-progress-bar",
             f"notebooks/{notebook}.ipynb", str(out / "executed.ipynb"), "-f", str(base),
             "-p", "profile", profile, "-p", "results_root", str(probe_root), "-p", "run_name", name]
@@ -68,10 +71,10 @@ def summary(out):
     rows = []
     for i, row in metrics.iterrows():
         _, low, high = stats.mean_interval(t["reward"][i])
-        accuracy = train[train.step <= row.step].tail(10)["rewards/accuracies"].mean() \
-            if "rewards/accuracies" in train and row.step > 0 else float("nan")
+        column = "rewards/accuracies" if "rewards/accuracies" in train else "kl_train" if "kl_train" in train else None
+        accuracy = train[train.step <= row.step].tail(10)[column].mean() if column and row.step > 0 else float("nan")
         rows.append({"run": out.name, "step": int(row.step), "kl": row.kl, "reward": row.reward, "low": low,
-                     "high": high, "train_accuracy_last_10": accuracy, "tokens": row.completion_tokens,
+                     "high": high, "train_last_10": accuracy, "tokens": row.completion_tokens,
                      "distinct_2": row.get("distinct_2", float("nan"))})
     return rows
 
@@ -90,7 +93,9 @@ def main():
     table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_accuracy_last_10",
                                           "tokens", "distinct_2"])
     text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; 60 steps, batch 8, "
-            f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts).\n\n"
+            f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts). "
+            "train_last_10: the implicit-reward accuracy (offline methods) or the rollouts' KL (PPO) over the last "
+            "10 training steps before the evaluation.\n\n"
             f"{table}\n")
     (ROOT / "bench" / "LR_PROBE.md").write_text(text)
     print(text)

@@ -12,12 +12,11 @@ from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 def test_starts_indifferent_fits_its_pairs_and_generalises_to_held_out_words():
     init, margins = reward_model_run(seed=0)
     assert torch.all(init == 0)  # a zero head: p = 1/2 for every pair at init, exactly
-    # Thresholds from 20 seeds x 3 CPU kernel sets (tests/MARGINS.md): the smallest training margin
-    # was 5.1 (threshold 1); the held-out mean margin ranged 0.30-6.7 (threshold 0). Held-out
-    # *accuracy* (12 pairs, steps of 1/12) ranged 0.58-1.0 and is not asserted: 0.75 was crossed.
-    assert margins["train"].min() > 1.0, margins["train"]
+    # Thresholds from 20 seeds x every CPU kernel set x 1 and 2 threads (tests/MARGINS.md): held-out
+    # *accuracy* (12 pairs, steps of 1/12) ranged 0.50-1.0 and is not asserted (0.75 was crossed); the
+    # mean held-out margin stayed positive on every seed; one seed left 1 of 36 training pairs unfitted.
+    assert (margins["train"] > 0).float().mean() >= 0.9 and margins["train"].mean() > 1.0, margins["train"]
     assert margins["held_out"].mean() > 0, f"must generalise beyond the training words: {margins['held_out']}"
-
 
 def test_score_ids_matches_the_batched_pair_scores():
     tok = byte_tokenizer()
