@@ -57,7 +57,7 @@ def run(profile, probe_root, name, notebook, overrides):
             f"notebooks/{notebook}.ipynb", str(out / "executed.ipynb"), "-f", str(base),
             "-p", "profile", profile, "-p", "results_root", str(probe_root), "-p", "run_name", name]
     for key, value in overrides.items():
-        args += ["-y", json.dumps({key: value})]
+        args += ["-p", key, f"{value:.6e}" if isinstance(value, float) else json.dumps(value)]
     start = time.perf_counter()
     subprocess.run(args, cwd=ROOT, check=True)
     print(f"[probe] {name}: {time.perf_counter() - start:.0f} s", flush=True)

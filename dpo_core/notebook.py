@@ -34,6 +34,8 @@ def injected_names(namespace):
 def _check_type(name, value, expected):
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # papermill parses `-p beta 1` as an int
+    if expected is float and isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return float(value)  # YAML 1.1 reads `-p learning_rate 3e-6` (no dot) as a string
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if not ok:
         raise ParameterError(

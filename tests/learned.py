@@ -19,23 +19,25 @@ from dpo_core.reward import ScalarRewardModel
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import dpo_step, reference_logps
 
-# Reward model: sentiment words after varied subjects; 6 words per side train, 2 are held out.
+# Reward model: sentiment words after varied subjects. Held out: whole subjects (prompts), as
+# notebook 05 holds out prompts. Holding out *words* instead generalised on some seeds and not on
+# others (held-out mean margin -0.63 to 8.6 over 20 seeds): byte features of unseen words are luck.
 GOOD = ["great", "superb", "lovely", "moving", "brilliant", "fine", "a joy", "wonderful"]
 BAD = ["awful", "dull", "boring", "a mess", "terrible", "weak", "tedious", "bad"]
 SUBJECTS = ["The film was", "Acting:", "Overall", "The plot is", "Its score is", "I found it"]
 
 
-def toy_pairs(words_good, words_bad, tok):
-    return [encode_pair(tok, s, f" {g}.", f" {b}.", 64) for s in SUBJECTS for g, b in zip(words_good, words_bad)]
+def toy_pairs(subjects, tok, words_good=GOOD, words_bad=BAD):
+    return [encode_pair(tok, s, f" {g}.", f" {b}.", 64) for s in subjects for g, b in zip(words_good, words_bad)]
 
 
 def reward_model_run(seed=0, steps=150):
-    """Bradley-Terry training (Eq. 2) of a tiny reward model on the training words. Returns the
-    scores at init and the chosen - rejected score margins on training and held-out pairs."""
+    """Bradley-Terry training (Eq. 2) of a tiny reward model on four subjects' pairs. Returns the
+    scores at init and the chosen - rejected score margins on training and held-out-subject pairs."""
     tok = byte_tokenizer()
     model = ScalarRewardModel(tiny_gpt2(seed=seed))
-    train = collate_pairs(toy_pairs(GOOD[:6], BAD[:6], tok), tok.pad_token_id)
-    held_out = collate_pairs(toy_pairs(GOOD[6:], BAD[6:], tok), tok.pad_token_id)
+    train = collate_pairs(toy_pairs(SUBJECTS[:4], tok), tok.pad_token_id)
+    held_out = collate_pairs(toy_pairs(SUBJECTS[4:], tok), tok.pad_token_id)
     with torch.no_grad():
         init = torch.cat(model.score_pairs(train))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

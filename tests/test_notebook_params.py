@@ -65,3 +65,12 @@ def test_a_key_passed_as_a_parameter_is_refused_before_it_is_saved():
     refuse_secrets({"judge": "chat:gpt-4-0314", "judge_url": "https://api.openai.com/v1"})  # fine
     with pytest.raises(ParameterError, match="'judge_url' looks like an API key; put the key in \\$OPENAI_API_KEY"):
         refuse_secrets({"judge_url": "https://x/v1?key=sk-abcdefghijklmnop"})
+
+
+def test_a_float_written_without_a_dot_is_read_as_a_float():
+    """YAML 1.1 (papermill's parser) reads `3e-6` as a string; a float parameter accepts it."""
+    from dpo_core.notebook import _check_type
+
+    assert _check_type("learning_rate", "3e-06", float) == 3e-06
+    with pytest.raises(ParameterError, match="must be float"):
+        _check_type("learning_rate", "fast", float)
