@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from dpo_core import progress
 from dpo_core.data import collate_pairs
 from dpo_core.logprobs import concatenated_forward, pad_right, position_ids_from_mask, sequence_logps
 from dpo_core.losses import dpo_loss
@@ -57,7 +58,9 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
     """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,);
     with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it."""
     sampled, exact, reference_logps = [], [], []
+    bar = progress.bar(len(prompts), "KL", enabled=len(prompts) > batch_size, leave=False)
     for start in range(0, len(prompts), batch_size):
+        bar.update(len(prompts[start : start + batch_size]))
         input_ids, mask, labels = completion_batch(
             prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
         )
@@ -70,6 +73,7 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
         sampled.append(s.cpu())
         exact.append(e.cpu())
         reference_logps.append(sequence_logps(reference_logits, labels.to(device)).cpu())
+    bar.close()
     out = torch.cat(sampled), torch.cat(exact)
     return (*out, torch.cat(reference_logps)) if with_reference_logps else out
 

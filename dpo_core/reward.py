@@ -16,6 +16,7 @@ with skip_special_tokens=True and pass prompt + completion together.
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from dpo_core import progress
 from dpo_core.data import collate_pairs
 from dpo_core.logprobs import concatenated_inputs, pad_right, position_ids_from_mask
 from dpo_core.tiny import byte_tokenizer
@@ -61,7 +62,9 @@ class SentimentReward:
             raise TypeError("SentimentReward scores text: decode token ids first (skip_special_tokens=True)")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts))
+        bar = progress.bar(len(texts), "gold reward", enabled=len(texts) > self.batch_size, leave=False)
         for start in range(0, len(texts), self.batch_size):
+            bar.update(len(order[start : start + self.batch_size]))
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt")
@@ -73,6 +76,7 @@ class SentimentReward:
                 log_probs[:, [j for j in range(log_probs.shape[1]) if j != self.positive_index]], -1
             )
             out[idx] = positive - negative
+        bar.close()
         return out
 
     def __call__(self, texts):

@@ -11,6 +11,7 @@ probabilities): exact, and on CPU faster than `torch.multinomial` or Gumbel-max.
 
 import torch
 
+from dpo_core import progress
 from dpo_core.precision import weights_fixed
 
 
@@ -57,9 +58,11 @@ def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, p
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
     out = []
-    for start in range(0, len(prompts), batch_size):
-        out += _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature,
-                             eos_token_id, pad_token_id, generator)
+    with progress.bar(len(prompts), "sampling", enabled=len(prompts) > batch_size, leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            out += _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature,
+                                 eos_token_id, pad_token_id, generator)
+            bar.update(len(prompts[start : start + batch_size]))
     return out
 
 
