@@ -10,13 +10,13 @@ reward with its 95% interval over prompts) and training accuracy.
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dpo_core import imdb, results, stats
 
@@ -56,8 +56,7 @@ def run(profile, probe_root, name, notebook, overrides):
     args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT), "--no-progress-bar",
             f"notebooks/{notebook}.ipynb", str(out / "executed.ipynb"), "-f", str(base),
             "-p", "profile", profile, "-p", "results_root", str(probe_root), "-p", "run_name", name]
-    for key, value in overrides.items():
-        args += ["-p", key, f"{value:.6e}" if isinstance(value, float) else json.dumps(value)]
+    args += ["-y", yaml.safe_dump(overrides)]  # YAML, as papermill reads it: 3.0e-06 stays a float
     start = time.perf_counter()
     subprocess.run(args, cwd=ROOT, check=True)
     print(f"[probe] {name}: {time.perf_counter() - start:.0f} s", flush=True)
