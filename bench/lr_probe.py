@@ -26,14 +26,12 @@ PROBES = {  # run name: (notebook, overrides)
     **{f"dpo_beta-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1,
                                                                  "learning_rate": lr, **SHORT})
        for lr in (3e-6, 1e-5, 3e-5)},
-    **{f"preferred_ft_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "preferred_ft", "learning_rate": lr,
-                                                                 **SHORT}) for lr in (3e-6, 1e-5)},
-    **{f"unlikelihood_alpha-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
-                                                                           "learning_rate": lr, **SHORT})
-       for lr in (3e-6, 1e-5)},
-    **{f"ppo_gt_target-6_lr-{lr:g}": ("06_imdb_ppo", {"method": "ppo_gt", "target_kl": 6.0, "learning_rate": lr,
-                                                      "train_layers": 0, "n_steps": 30, "eval_every": 10,
-                                                      "checkpoint_every": 0}) for lr in (3e-6, 1e-5)},
+    "preferred_ft_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "preferred_ft", "learning_rate": 1e-5, **SHORT}),
+    "unlikelihood_alpha-0.1_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
+                                                                      "learning_rate": 1e-5, **SHORT}),
+    "ppo_gt_target-6_lr-1e-05": ("06_imdb_ppo", {"method": "ppo_gt", "target_kl": 6.0, "learning_rate": 1e-5,
+                                                 "train_layers": 0, "init_kl_coef": 0.1, "kl_horizon": 256,
+                                                 "n_steps": 30, "eval_every": 10, "checkpoint_every": 0}),
 }
 
 
