@@ -21,7 +21,7 @@ import yaml
 from dpo_core import imdb, results, stats
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = {"n_steps": 60, "eval_every": 20, "eval_early": [10], "checkpoint_every": 0}
+SHORT = {"n_steps": 60, "eval_every": 30, "eval_early": [15], "checkpoint_every": 0}
 PROBES = {  # run name: (notebook, overrides)
     **{f"dpo_beta-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1,
                                                                  "learning_rate": lr, **SHORT})
@@ -31,7 +31,7 @@ PROBES = {  # run name: (notebook, overrides)
                                                                       "learning_rate": 1e-5, **SHORT}),
     "ppo_gt_target-6_lr-1e-05": ("06_imdb_ppo", {"method": "ppo_gt", "target_kl": 6.0, "learning_rate": 1e-5,
                                                  "train_layers": 0, "init_kl_coef": 0.1, "kl_horizon": 256,
-                                                 "n_steps": 30, "eval_every": 10, "checkpoint_every": 0}),
+                                                 "n_steps": 30, "eval_every": 15, "checkpoint_every": 0}),
 }
 
 
@@ -87,7 +87,7 @@ def main():
     for name, (notebook, overrides) in PROBES.items():
         if name.startswith(args.only):
             rows += summary(run(args.profile, probe_root, name, notebook, overrides))
-    table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_accuracy_last_10",
+    table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_last_10",
                                           "tokens", "distinct_2"])
     text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; 60 steps, batch 8, "
             f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts). "
