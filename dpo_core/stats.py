@@ -11,6 +11,7 @@ serves both, so what the prompts share cancels.
     interpolate_at(kl, reward, at)           a trajectory's reward at given KLs (linear, KL-sorted)
     matched_difference(a, b, ...)            mean reward gap of trajectory a over b on their shared KL
                                              range, with its paired bootstrap interval
+    difference_at(a, b, kls, ...)            the same gap at each given KL, with its paired interval
 """
 
 import numpy as np
@@ -74,3 +75,30 @@ def matched_difference(a, b, draws=2000, seed=0, level=0.95, grid_size=50):
             "kl_low": float(max(kl_a.mean(1).min(), kl_b.mean(1).min())),
             "kl_high": float(min(kl_a.mean(1).max(), kl_b.mean(1).max())),
             "p_below_zero": float((replicates <= 0).mean())}
+
+
+def difference_at(a, b, kls, draws=2000, seed=0, level=0.95):
+    """Reward of trajectory `a` minus `b` at each KL in `kls`, both interpolated linearly along their
+    mean-KL path (`interpolate_at`), paired over prompts as in `matched_difference`.
+
+    Returns:
+        list of dicts, one per KL: kl, gap, low, high (percentile interval over the same prompt
+        resamples for a and b); gap, low and high are nan where either trajectory does not reach kl.
+    """
+    kl_a, reward_a, kl_b, reward_b = (np.asarray(x, dtype=float) for x in (a["kl"], a["reward"], b["kl"], b["reward"]))
+    if kl_a.shape[1] != kl_b.shape[1]:
+        raise ValueError(f"a paired comparison needs the same prompts: {kl_a.shape[1]} against {kl_b.shape[1]}")
+
+    def gaps(idx):  # (len(kls),) for one resample of the prompts
+        return (interpolate_at(kl_a[:, idx].mean(1), reward_a[:, idx].mean(1), kls)
+                - interpolate_at(kl_b[:, idx].mean(1), reward_b[:, idx].mean(1), kls))
+
+    point = gaps(np.arange(kl_a.shape[1]))
+    replicates = np.array([gaps(idx) for idx in bootstrap_indices(kl_a.shape[1], draws, seed)])  # (draws, len(kls))
+    tail = (1 - level) / 2 * 100
+    rows = []
+    for j, kl in enumerate(kls):
+        r = replicates[:, j][~np.isnan(replicates[:, j])]
+        low, high = (np.percentile(r, tail), np.percentile(r, 100 - tail)) if np.isfinite(point[j]) and len(r) else (np.nan, np.nan)
+        rows.append({"kl": float(kl), "gap": float(point[j]), "low": float(low), "high": float(high)})
+    return rows

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dpo_core.stats import interpolate_at, matched_difference, mean_interval
+from dpo_core.stats import difference_at, interpolate_at, matched_difference, mean_interval
 
 
 def test_bootstrap_interval_of_a_mean_matches_the_normal_theory():
@@ -58,3 +58,36 @@ def test_paired_gap_with_noise_covers_the_truth_and_no_difference_is_no_differen
     assert same["low"] < 0 < same["high"]
     with pytest.raises(ValueError, match="same prompts"):
         matched_difference(trajectory(base, 0, [0, 1]), trajectory(base[:10], 0, [0, 1]))
+
+
+def test_difference_at_given_kls_hand_computed():
+    """a: reward 0.5 -> 0.7 over KL 0 -> 2; b: 0.5 -> 0.6 over KL 0 -> 4 (same for every prompt).
+    At KL 1: a 0.6, b 0.525, gap 0.075; at KL 2: 0.7 - 0.55 = 0.15; at KL 3 a has no point: nan."""
+    base = np.zeros(64)
+    a = trajectory(base, 0.0, [0, 2])
+    a["reward"] = np.repeat(np.array([[0.5], [0.7]]), 64, axis=1)
+    b = trajectory(base, 0.0, [0, 4])
+    b["reward"] = np.repeat(np.array([[0.5], [0.6]]), 64, axis=1)
+    rows = difference_at(a, b, [1.0, 2.0, 3.0], draws=200)
+    assert [r["kl"] for r in rows] == [1.0, 2.0, 3.0]
+    for row, gap in zip(rows[:2], [0.075, 0.15]):
+        assert row["gap"] == pytest.approx(gap) and row["low"] == pytest.approx(gap) and row["high"] == pytest.approx(gap)
+    assert all(math.isnan(rows[2][k]) for k in ("gap", "low", "high"))
+
+
+def test_difference_at_pairs_the_prompts_and_covers_the_truth():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.2, 0.9, size=256)  # shared by a and b: cancels when paired
+    a = trajectory(base, 0.04, [0, 1, 2])
+    b = trajectory(base, 0.0, [0, 1, 2])
+    row = difference_at(a, b, [1.5], draws=300)[0]
+    assert row["gap"] == pytest.approx(0.04) and row["high"] - row["low"] < 1e-9  # unpaired it would be ~0.05 wide
+    covered = 0
+    for seed in range(20):
+        noisy_a = trajectory(base, 0.04, [0, 1, 2], noise=0.1, seed=seed)
+        noisy_b = trajectory(base, 0.0, [0, 1, 2], noise=0.1, seed=50 + seed)
+        row = difference_at(noisy_a, noisy_b, [1.5], draws=300, seed=seed)[0]
+        covered += row["low"] <= 0.04 <= row["high"]
+    assert covered >= 16
+    with pytest.raises(ValueError, match="same prompts"):
+        difference_at(trajectory(base, 0, [0, 1]), trajectory(base[:10], 0, [0, 1]), [0.5])
