@@ -1,4 +1,4 @@
-"""The learning-rate probe behind the `cpu` profile's settings (issue: the faithful frontier).
+"""The learning-rate and data-size probes behind the `cpu` profile's settings (issue: the faithful frontier).
 
 Runs notebook 04 (and 06) by papermill for each (run, overrides) below, on the finished 02, 03
 and 05 runs of `results/<profile>/`, into a separate tree `results/<profile>-probe/` (the frontier
@@ -7,6 +7,12 @@ reward with its 95% interval over prompts) and training accuracy.
 
     python bench/lr_probe.py                 # every probe below
     python bench/lr_probe.py --only dpo      # the probes whose name starts with "dpo"
+    python bench/lr_probe.py --only data     # is DPO limited by its pairs? (below)
+
+The data probes hold out a quarter of the prompts' pairs (`held_out_fraction`) and train DPO as the
+profile does on the rest, once on the profile's 192 prompts and once on 384 (a second 03 run): if
+the held-out accuracy and the gold reward against steps coincide, the pair count does not limit
+DPO at this number of steps.
 """
 
 import argparse
@@ -29,6 +35,10 @@ PROBES = {  # run name: (notebook, overrides)
     "preferred_ft_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "preferred_ft", "learning_rate": 1e-5, **SHORT}),
     "unlikelihood_alpha-0.1_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
                                                                       "learning_rate": 1e-5, **SHORT}),
+    "data-384-prompts": ("03_imdb_preferences", {"n_prompts": 384}),
+    **{f"data_dpo_{n}-prompts": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1, "learning_rate": 3e-5,
+                                                              "held_out_fraction": 0.25, "preferences_run": run, **SHORT})
+       for n, run in ((192, "main"), (384, "data-384-prompts"))},
     "ppo_gt_target-6_lr-1e-05": ("06_imdb_ppo", {"method": "ppo_gt", "target_kl": 6.0, "learning_rate": 1e-5,
                                                  "train_layers": 0, "init_kl_coef": 0.1, "kl_horizon": 256,
                                                  "n_steps": 30, "eval_every": 15, "checkpoint_every": 0}),
@@ -36,9 +46,12 @@ PROBES = {  # run name: (notebook, overrides)
 
 
 def link_upstream(profile, probe_root):
-    """The probe tree sees the profile's finished 02, 03 and 05 runs (symlinks) and its cache."""
-    for name in ("02_imdb_sft", "03_imdb_preferences", "05_imdb_reward_model", "cache"):
-        source, target = ROOT / "results" / profile / name, probe_root / profile / name
+    """The probe tree sees the profile's finished 02, 03 and 05 `main` runs (symlinks, so the probe's
+    own 03 runs land beside them in the probe tree, not in the profile's)."""
+    for name in ("02_imdb_sft", "03_imdb_preferences", "05_imdb_reward_model"):
+        source, target = ROOT / "results" / profile / name / "main", probe_root / profile / name / "main"
+        if target.parent.is_symlink():  # the older layout linked the whole notebook folder
+            target.parent.unlink()
         if source.exists() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve())
@@ -50,7 +63,7 @@ def run(profile, probe_root, name, notebook, overrides):
         return out
     out.mkdir(parents=True, exist_ok=True)
     params = ROOT / "params" / profile / notebook
-    base = sorted(params.glob("*.yaml"))[0] if params.is_dir() else params.with_suffix(".yaml")
+    base = min(params.glob("*.yaml")) if params.is_dir() else params.with_suffix(".yaml")
     args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT), "--no-progress-bar",
             f"notebooks/{notebook}.ipynb", str(out / "executed.ipynb"), "-f", str(base),
             "-p", "profile", profile, "-p", "results_root", str(probe_root), "-p", "run_name", name]
@@ -72,7 +85,8 @@ def summary(out):
         accuracy = train[train.step <= row.step].tail(10)[column].mean() if column and row.step > 0 else float("nan")
         rows.append({"run": out.name, "step": int(row.step), "kl": row.kl, "reward": row.reward, "low": low,
                      "high": high, "train_last_10": accuracy, "tokens": row.completion_tokens,
-                     "distinct_2": row.get("distinct_2", float("nan"))})
+                     "distinct_2": row.get("distinct_2", float("nan")),
+                     "held_out_accuracy": row.get("eval_accuracy", float("nan"))})
     return rows
 
 
@@ -86,13 +100,15 @@ def main():
     rows = []
     for name, (notebook, overrides) in PROBES.items():
         if name.startswith(args.only):
-            rows += summary(run(args.profile, probe_root, name, notebook, overrides))
+            out = run(args.profile, probe_root, name, notebook, overrides)
+            rows += summary(out) if notebook != "03_imdb_preferences" else []
     table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_last_10",
-                                          "tokens", "distinct_2"])
+                                          "tokens", "distinct_2", "held_out_accuracy"])
     text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; 60 steps, batch 8, "
             f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts). "
             "train_last_10: the implicit-reward accuracy (offline methods) or the rollouts' KL (PPO) over the last "
-            "10 training steps before the evaluation.\n\n"
+            "10 training steps before the evaluation; held_out_accuracy (data probes): the implicit reward's accuracy "
+            "on the pairs of the held-out quarter of the prompts.\n\n"
             f"{table}\n")
     (ROOT / "bench" / "LR_PROBE.md").write_text(text)
     print(text)
