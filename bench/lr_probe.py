@@ -32,9 +32,6 @@ PROBES = {  # run name: (notebook, overrides)
     **{f"dpo_beta-0.1_lr-{lr:g}": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1,
                                                                  "learning_rate": lr, **SHORT})
        for lr in (3e-6, 1e-5, 3e-5)},
-    "preferred_ft_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "preferred_ft", "learning_rate": 1e-5, **SHORT}),
-    "unlikelihood_alpha-0.1_lr-1e-05": ("04_imdb_dpo_and_baselines", {"method": "unlikelihood", "setting": 0.1,
-                                                                      "learning_rate": 1e-5, **SHORT}),
     "data-384-prompts": ("03_imdb_preferences", {"n_prompts": 384}),
     **{f"data_dpo_{n}-prompts": ("04_imdb_dpo_and_baselines", {"method": "dpo", "setting": 0.1, "learning_rate": 3e-5,
                                                               "held_out_fraction": 0.25, "preferences_run": run, **SHORT})
@@ -94,18 +91,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--only", default="", help="run only the probes whose name starts with this")
+    parser.add_argument("--table-only", action="store_true", help="run nothing; rewrite LR_PROBE.md from finished probes")
     args = parser.parse_args()
     probe_root = ROOT / "results" / f"{args.profile}-probe"
     link_upstream(args.profile, probe_root)
     rows = []
     for name, (notebook, overrides) in PROBES.items():
-        if name.startswith(args.only):
-            out = run(args.profile, probe_root, name, notebook, overrides)
-            rows += summary(out) if notebook != "03_imdb_preferences" else []
+        out = probe_root / args.profile / notebook / name
+        if name.startswith(args.only) and not args.table_only:
+            run(args.profile, probe_root, name, notebook, overrides)
+        if (out / "FINISHED").exists() and notebook != "03_imdb_preferences":  # the table: every finished probe
+            rows += summary(out)
     table = results.markdown_table(rows, ["run", "step", "kl", "reward", "low", "high", "train_last_10",
                                           "tokens", "distinct_2", "held_out_accuracy"])
-    text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; 60 steps, batch 8, "
-            f"whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts). "
+    text = (f"# Learning-rate probe ({args.profile} profile)\n\nWritten by `bench/lr_probe.py`; DPO: 60 steps, batch 8; "
+            f"PPO-GT: 30 iterations of 32 rollouts; whole model, evaluated on the profile's held-out prompts (interval: 95% bootstrap over prompts). "
             "train_last_10: the implicit-reward accuracy (offline methods) or the rollouts' KL (PPO) over the last "
             "10 training steps before the evaluation; held_out_accuracy (data probes): the implicit reward's accuracy "
             "on the pairs of the held-out quarter of the prompts.\n\n"
