@@ -97,3 +97,17 @@ def trajectory(run_dir, by="step"):
     groups = [group for _, group in frame.groupby(by, sort=True)]
     return {by: np.array([g[by].iloc[0] for g in groups]), "kl": np.stack([g["kl"].to_numpy() for g in groups]),
             "reward": np.stack([g["reward"].to_numpy() for g in groups])}
+
+
+def loop_share(run_dir, threshold=0.8):
+    """Is a reward gain sentiment or the policy gaming the classifier with degenerate text? Per
+    evaluation step of a finished run (its samples.jsonl): the share of completions that loop
+    (`distinct_2` below `threshold`: under 80% of their bigrams distinct, e.g. ". . . . ."), the
+    mean gold reward of those and of the rest, and pi_ref's mean per-token NLL of the samples.
+    Returns a DataFrame indexed by step."""
+    frame = pd.read_json(Path(run_dir) / "samples.jsonl", lines=True)
+    loops = frame.distinct_2 < threshold
+    grouped = frame.assign(loops=loops, reward_loops=frame.reward.where(loops),
+                           reward_rest=frame.reward.where(~loops)).groupby("step")
+    return grouped.agg(loops=("loops", "mean"), reward_loops=("reward_loops", "mean"),
+                       reward_rest=("reward_rest", "mean"), reference_nll=("reference_nll", "mean"))

@@ -1,9 +1,13 @@
 """Run directories: finished runs only reach the figures; tables render."""
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from dpo_core import results
+from dpo_core.imdb import loop_share
 
 
 def make_run(root, name, finished, reward):
@@ -44,3 +48,17 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 def test_markdown_table():
     table = results.markdown_table([{"m": "dpo", "kl": 1.23456}], ["m", "kl"])
     assert table.splitlines() == ["| m | kl |", "|---|---|", "| dpo | 1.235 |"]
+
+
+def test_loop_share_hand_computed(tmp_path):
+    rows = [{"step": 0, "distinct_2": 1.0, "reward": 0.4, "reference_nll": 4.0},
+            {"step": 0, "distinct_2": 0.9, "reward": 0.6, "reference_nll": 5.0},
+            {"step": 10, "distinct_2": 0.2, "reward": 0.9, "reference_nll": 1.0},  # a loop
+            {"step": 10, "distinct_2": 0.95, "reward": 0.5, "reference_nll": 6.0},
+            {"step": 10, "distinct_2": 0.5, "reward": 0.7, "reference_nll": 2.0}]  # a loop
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    table = loop_share(tmp_path)
+    assert table.loc[0, "loops"] == 0 and np.isnan(table.loc[0, "reward_loops"])
+    assert table.loc[0, "reward_rest"] == pytest.approx(0.5) and table.loc[0, "reference_nll"] == pytest.approx(4.5)
+    assert table.loc[10, "loops"] == pytest.approx(2 / 3) and table.loc[10, "reward_loops"] == pytest.approx(0.8)
+    assert table.loc[10, "reward_rest"] == pytest.approx(0.5) and table.loc[10, "reference_nll"] == pytest.approx(3.0)
