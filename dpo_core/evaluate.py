@@ -58,22 +58,21 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
     """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,);
     with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it."""
     sampled, exact, reference_logps = [], [], []
-    bar = progress.bar(len(prompts), "KL", enabled=len(prompts) > batch_size, leave=False)
-    for start in range(0, len(prompts), batch_size):
-        bar.update(len(prompts[start : start + batch_size]))
-        input_ids, mask, labels = completion_batch(
-            prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
-        )
-        device = next(policy.parameters()).device
-        inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-        inputs = {name: x.to(device) for name, x in inputs.items()}
-        with weights_fixed(device):
-            reference_logits = reference(**inputs).logits
-            s, e = kl_from_logits(policy(**inputs).logits, reference_logits, labels.to(device))
-        sampled.append(s.cpu())
-        exact.append(e.cpu())
-        reference_logps.append(sequence_logps(reference_logits, labels.to(device)).cpu())
-    bar.close()
+    with progress.bar(len(prompts), "KL", enabled=len(prompts) > batch_size, leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            input_ids, mask, labels = completion_batch(
+                prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
+            )
+            device = next(policy.parameters()).device
+            inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+            inputs = {name: x.to(device) for name, x in inputs.items()}
+            with weights_fixed(device):
+                reference_logits = reference(**inputs).logits
+                s, e = kl_from_logits(policy(**inputs).logits, reference_logits, labels.to(device))
+            sampled.append(s.cpu())
+            exact.append(e.cpu())
+            reference_logps.append(sequence_logps(reference_logits, labels.to(device)).cpu())
+            bar.update(len(prompts[start : start + batch_size]))
     out = torch.cat(sampled), torch.cat(exact)
     return (*out, torch.cat(reference_logps)) if with_reference_logps else out
 

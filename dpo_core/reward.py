@@ -62,21 +62,20 @@ class SentimentReward:
             raise TypeError("SentimentReward scores text: decode token ids first (skip_special_tokens=True)")
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts))
-        bar = progress.bar(len(texts), "gold reward", enabled=len(texts) > self.batch_size, leave=False)
-        for start in range(0, len(texts), self.batch_size):
-            bar.update(len(order[start : start + self.batch_size]))
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            # the judge runs in fp32 even inside a bf16 run: its numbers must not depend on the machine
-            with torch.autocast(self.model.device.type, enabled=False):
-                log_probs = torch.log_softmax(self.model(**enc).logits.float(), -1)  # (b, n_labels)
-            positive = log_probs[:, self.positive_index]
-            negative = torch.logsumexp(
-                log_probs[:, [j for j in range(log_probs.shape[1]) if j != self.positive_index]], -1
-            )
-            out[idx] = positive - negative
-        bar.close()
+        with progress.bar(len(texts), "gold reward", enabled=len(texts) > self.batch_size, leave=False) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                # the judge runs in fp32 even inside a bf16 run: its numbers must not depend on the machine
+                with torch.autocast(self.model.device.type, enabled=False):
+                    log_probs = torch.log_softmax(self.model(**enc).logits.float(), -1)  # (b, n_labels)
+                positive = log_probs[:, self.positive_index]
+                negative = torch.logsumexp(
+                    log_probs[:, [j for j in range(log_probs.shape[1]) if j != self.positive_index]], -1
+                )
+                out[idx] = positive - negative
+                bar.update(len(idx))
         return out
 
     def __call__(self, texts):
