@@ -45,14 +45,16 @@ def _check_type(name, value, expected):
     return value
 
 
-def check_parameters(namespace):
+def check_parameters(namespace, positive="", non_negative="", fractions=""):
     """Validate the notebook's parameters; return them as a dict (for params.json).
 
     Args:
         namespace: the notebook's `globals()`.
+        positive, non_negative: space-separated names whose values must be > 0, >= 0.
+        fractions: space-separated names whose values must lie in [0, 1).
     Raises:
-        ParameterError for an injected name the first cell does not declare, or a value
-        whose type differs from its annotation.
+        ParameterError for an injected name the first cell does not declare, a value whose
+        type differs from its annotation, or a value out of its range.
     """
     declared = namespace.get("__annotations__", {})
     unknown = sorted(injected_names(namespace) - set(declared))
@@ -70,6 +72,10 @@ def check_parameters(namespace):
         params[name] = namespace[name] = _check_type(name, namespace[name], expected)
     if "precision" in params:  # every training and sampling notebook's, checked before anything is written
         require(params["precision"] in PRECISIONS, f"precision must be one of {PRECISIONS}, got {params['precision']!r}")
+    for names, holds, bound in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+                                (fractions, lambda v: 0 <= v < 1, "in [0, 1)")):
+        for name in names.split():
+            require(holds(params[name]), f"{name} must be {bound}, got {params[name]}")
     return params
 
 

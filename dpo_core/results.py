@@ -95,13 +95,29 @@ def save_jsonl(path, rows):
     atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def start_run(path, params):
-    """Record the parameters and clear a previous FINISHED marker before a run starts."""
-    (Path(path) / "FINISHED").unlink(missing_ok=True)
-    save_json(Path(path) / "params.json", params)
+def start_run(path, params, write=True):
+    """Record the parameters and clear a previous FINISHED marker before a run starts; return
+    the run directory. write=False (a process other than the main one) only returns it."""
+    if write:
+        (Path(path) / "FINISHED").unlink(missing_ok=True)
+        save_json(Path(path) / "params.json", params)
+    return Path(path)
 
 
-def finish_run(path):
+def finish_run(path, files=None):
+    """Write a run's outputs, then mark it finished (only a finished run is read downstream).
+
+    Args:
+        files: {file name: what to write}, by suffix: .csv a list of row dicts, .jsonl a list
+            of dicts, .json any JSON value, .safetensors a module's trained parameters.
+    """
+    writers = {".csv": save_rows, ".jsonl": save_jsonl, ".json": save_json,
+               ".safetensors": lambda path, module: save_trained_parameters(module, path)}
+    for name, value in (files or {}).items():
+        suffix = Path(name).suffix
+        if suffix not in writers:
+            raise ValueError(f"finish_run cannot write {name!r}: use one of {sorted(writers)}")
+        writers[suffix](Path(path) / name, value)
     atomic_write(Path(path) / "FINISHED", "")
 
 

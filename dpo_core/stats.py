@@ -48,6 +48,14 @@ def _gap(kl_a, reward_a, kl_b, reward_b, grid_size):
     return float(np.mean(interpolate_at(kl_a, reward_a, grid) - interpolate_at(kl_b, reward_b, grid)))
 
 
+def _paired(a, b):
+    """a's and b's per-prompt KL and reward as float arrays, checked to share their prompts."""
+    kl_a, reward_a, kl_b, reward_b = (np.asarray(x, dtype=float) for x in (a["kl"], a["reward"], b["kl"], b["reward"]))
+    if kl_a.shape[1] != kl_b.shape[1]:
+        raise ValueError(f"a paired comparison needs the same prompts: {kl_a.shape[1]} against {kl_b.shape[1]}")
+    return kl_a, reward_a, kl_b, reward_b
+
+
 def matched_difference(a, b, draws=2000, seed=0, level=0.95, grid_size=50):
     """How much more reward trajectory `a` reaches than `b` at the same KL, paired over prompts.
 
@@ -60,9 +68,7 @@ def matched_difference(a, b, draws=2000, seed=0, level=0.95, grid_size=50):
         resampled, the same resample for a and b), kl_low and kl_high (the shared range), and
         p_below_zero (the share of replicates where the gap is <= 0).
     """
-    kl_a, reward_a, kl_b, reward_b = (np.asarray(x, dtype=float) for x in (a["kl"], a["reward"], b["kl"], b["reward"]))
-    if kl_a.shape[1] != kl_b.shape[1]:
-        raise ValueError(f"a paired comparison needs the same prompts: {kl_a.shape[1]} against {kl_b.shape[1]}")
+    kl_a, reward_a, kl_b, reward_b = _paired(a, b)
     gap = _gap(kl_a.mean(1), reward_a.mean(1), kl_b.mean(1), reward_b.mean(1), grid_size)
     replicates = []
     for idx in bootstrap_indices(kl_a.shape[1], draws, seed):
@@ -85,9 +91,7 @@ def difference_at(a, b, kls, draws=2000, seed=0, level=0.95):
         list of dicts, one per KL: kl, gap, low, high (percentile interval over the same prompt
         resamples for a and b); gap, low and high are nan where either trajectory does not reach kl.
     """
-    kl_a, reward_a, kl_b, reward_b = (np.asarray(x, dtype=float) for x in (a["kl"], a["reward"], b["kl"], b["reward"]))
-    if kl_a.shape[1] != kl_b.shape[1]:
-        raise ValueError(f"a paired comparison needs the same prompts: {kl_a.shape[1]} against {kl_b.shape[1]}")
+    kl_a, reward_a, kl_b, reward_b = _paired(a, b)
 
     def gaps(idx):  # (len(kls),) for one resample of the prompts
         return (interpolate_at(kl_a[:, idx].mean(1), reward_a[:, idx].mean(1), kls)

@@ -21,6 +21,7 @@ import torch
 from dpo_core import frozen, progress
 from dpo_core.data import collate_pairs
 from dpo_core.distributed import local_share, mean_over_processes
+from dpo_core.evaluate import preference_accuracy
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss, implicit_reward
 from dpo_core.methods import METHODS
@@ -120,6 +121,20 @@ def cached_reference_logps(cache_dir, reference_model, examples, batches, make_b
                             valid=lambda t: len(t["chosen"]) == len(t["rejected"]) == n_rows)
     sizes = [len(b) for b in unique]
     return {tuple(b): (c, r) for b, c, r in zip(unique, stored["chosen"].split(sizes), stored["rejected"].split(sizes))}
+
+
+def held_out_accuracy(policy, reference_model, examples, beta, pad_token_id, cache_dir, batch_size=16):
+    """An `evaluate(step)` for `train_loop`: DPO's loss and implicit-reward accuracy (Eqs. 7, 5) of
+    `policy` on held-out pairs. pi_ref's log-probs come once, in the layout the policy is scored in
+    (consecutive batches of `batch_size`), cached like the training batches' own."""
+    batches = consecutive_batches(len(examples), batch_size)
+    make_batch = pair_batch_maker(examples, pad_token_id, next(reference_model.parameters()).device)
+    reference = stacked(cached_reference_logps(cache_dir, reference_model, examples, batches, make_batch), batches)
+
+    def evaluate(step):
+        return preference_accuracy(policy, examples, *reference, beta, pad_token_id, batch_size)
+
+    return evaluate
 
 
 def apply_loss(optimizer, loss, name, hint=""):

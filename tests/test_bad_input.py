@@ -40,6 +40,8 @@ DPO_NOTEBOOK = ROOT / "notebooks" / "04_imdb_dpo_and_baselines.ipynb"
     ({"method": "ipo", "setting": -1}, "ipo's beta must be > 0, got -1.0"),
     ({"method": "ppo"}, "method must be one of ['dpo', 'ipo', 'hinge', 'unlikelihood', 'preferred_ft']"),
     ({"precision": "fp16"}, "precision must be one of ('auto', 'fp32', 'bf16'), got 'fp16'"),
+    ({"n_steps": 0}, "n_steps must be > 0, got 0"),
+    ({"held_out_fraction": 1.0}, "held_out_fraction must be in [0, 1), got 1.0"),
 ])
 def test_bad_notebook_parameters_stop_before_anything_is_written(tmp_path, overrides, message):
     with pytest.raises(ParameterError) as err:

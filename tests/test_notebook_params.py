@@ -74,3 +74,18 @@ def test_a_float_written_without_a_dot_is_read_as_a_float():
     assert _check_type("learning_rate", "3e-06", float) == 3e-06
     with pytest.raises(ParameterError, match="must be float"):
         _check_type("learning_rate", "fast", float)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"positive": "steps beta"}, "steps must be > 0, got 0"),
+                                           ({"non_negative": "beta"}, "beta must be >= 0, got -0.5"),
+                                           ({"fractions": "beta"}, r"beta must be in \[0, 1\), got -0.5")])
+def test_declared_ranges_are_checked_by_name(kwargs, match):
+    ns = kernel_namespace("steps = 0\nbeta = -0.5\n", steps=0, beta=-0.5)
+    with pytest.raises(ParameterError, match=match):
+        check_parameters(ns, **kwargs)
+
+
+def test_values_inside_their_ranges_pass():
+    params = check_parameters(kernel_namespace("beta = 0.0\n", beta=0.0), positive="steps", non_negative="beta",
+                              fractions="beta")
+    assert params["beta"] == 0.0 and params["steps"] == 10

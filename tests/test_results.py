@@ -62,3 +62,29 @@ def test_loop_share_hand_computed(tmp_path):
     assert table.loc[0, "reward_rest"] == pytest.approx(0.5) and table.loc[0, "reference_nll"] == pytest.approx(4.5)
     assert table.loc[10, "loops"] == pytest.approx(2 / 3) and table.loc[10, "reward_loops"] == pytest.approx(0.8)
     assert table.loc[10, "reward_rest"] == pytest.approx(0.5) and table.loc[10, "reference_nll"] == pytest.approx(3.0)
+
+
+def test_finish_run_writes_each_file_by_its_suffix_then_marks_the_run_finished(tmp_path):
+    import torch
+
+    head = torch.nn.Linear(2, 1)
+    path = results.start_run(results.run_dir(tmp_path, "p", "04_x", "a"), {"method": "dpo"})
+    results.finish_run(path, {"metrics.csv": [{"step": 0, "reward": 0.5}], "samples.jsonl": [{"t": "x"}],
+                              "extra.json": {"k": 1}, "policy.safetensors": head})
+    assert pd.read_csv(path / "metrics.csv").to_dict("records") == [{"step": 0, "reward": 0.5}]
+    assert (path / "samples.jsonl").read_text() == '{"t": "x"}\n' and json.loads((path / "extra.json").read_text()) == {"k": 1}
+    copy = torch.nn.Linear(2, 1)
+    results.load_trained_parameters(copy, path / "policy.safetensors")
+    assert torch.equal(copy.weight, head.weight) and (path / "FINISHED").exists()
+
+
+def test_finish_run_refuses_an_unknown_suffix_before_marking_the_run_finished(tmp_path):
+    path = results.start_run(results.run_dir(tmp_path, "p", "04_x", "a"), {})
+    with pytest.raises(ValueError, match="cannot write 'log.txt'"):
+        results.finish_run(path, {"log.txt": "x"})
+    assert not (path / "FINISHED").exists()
+
+
+def test_start_run_on_another_process_writes_nothing(tmp_path):
+    path = results.start_run(results.run_dir(tmp_path, "p", "04_x", "a"), {"x": 1}, write=False)
+    assert path.is_dir() and list(path.iterdir()) == []
