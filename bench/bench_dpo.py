@@ -1,20 +1,25 @@
-"""Speed and memory of dpo_core against its peers, side by side in one run (issue 8).
+"""Speed and memory of dpo_core against its peers, side by side in one run (issues 8 and 15).
 
 Each measurement runs in its own child process (so peak RSS is its own) on the same model,
-the same preference pairs, the same batch and sequence lengths, fp32, after warm-up:
+the same preference pairs, the same batch and sequence lengths, after warm-up. Jobs ending in
+-bf16 run the matmuls in bf16 autocast (dpo_core) or with TRL's `bf16=True`; the rest in fp32.
 
-    dpo-core        one DPO step of dpo_core (full model, reference log-probs precomputed, fused
-                    AdamW: the optimizer transformers gives TRL by default)
-    dpo-core-lean   the same with the LM head on completion positions only, in blocks
-                    (`completion_only=True`: no (B, T, V) logits, less memory)
-    dpo-core-lean-gc  dpo-core-lean with gradient checkpointing, as TRL's default has it
-    trl-default     TRL's DPOTrainer at its defaults, in fp32 (bf16=False; everything else default)
-    trl-fast        TRL's DPOTrainer with gradient checkpointing off and reference log-probs precomputed
-    sample-core     dpo_core.sampling.sample, pure sampling, new tokens/s
-    sample-generate model.generate(do_sample=True, top_k=0, top_p=1), the same prompts
-    decode-bound    dpo_core's loop with argmax instead of sampling: the model's forward alone
-    precompute      reference log-prob throughput (sequences/s)
-    reward          gold-reward scoring throughput (texts/s)
+    dpo-core[-bf16]         one DPO step of dpo_core (full model, reference log-probs precomputed,
+                            fused AdamW: the optimizer transformers gives TRL by default)
+    dpo-core-lean[-bf16]    the same with the LM head on completion positions only, in blocks
+                            (`completion_only=True`: no (B, T, V) logits, less memory)
+    dpo-core-lean-gc[-bf16] dpo-core-lean with gradient checkpointing, as TRL's default has it
+    dpo-core-lean-bf16-compiled  dpo-core-lean-bf16 with torch.compile (inductor) on the base model
+    trl-default, trl-bf16   TRL's DPOTrainer at its defaults (gradient checkpointing on), fp32 / bf16
+    trl-bf16-no-gc          TRL bf16 without gradient checkpointing
+    trl-fast, trl-bf16-fast TRL without gradient checkpointing, reference log-probs precomputed
+    sample-core[-bf16]      dpo_core.sampling.sample, pure sampling, new tokens/s
+    sample-core-bf16-compiled  the same with torch.compile on the model's forward (the decode step)
+    sample-generate[-bf16]  model.generate(do_sample=True, top_k=0, top_p=1), the same prompts
+    decode-bound[-bf16]     dpo_core's loop with argmax instead of sampling: the model's forward alone
+    precompute[-bf16]       reference log-prob throughput (sequences/s)
+    kl[-bf16]               exact + sampled sequence KL throughput (one evaluation's KL)
+    reward[-bf16]           gold-reward scoring throughput (texts/s)
 
 Usage: python bench/bench_dpo.py --model tiny --steps 8   (writes bench/RESULTS.md)
 """
@@ -159,11 +164,13 @@ def bench_trl(model_name, steps, warmup, fast, bf16=False, checkpointing=None):
             "train_peak_rss_mb": peak_rss_mb()}
 
 
-def bench_sampling(model_name, method, new_tokens=32, n_prompts=64, precision="fp32"):
+def bench_sampling(model_name, method, new_tokens=32, n_prompts=64, precision="fp32", compiled=False):
     from dpo_core import precision as precisions
     from dpo_core.sampling import sample
 
     model, tok = load(model_name)
+    if compiled:  # inductor on the forward the decode loop calls (prefill and one-token steps)
+        model.forward = torch.compile(model.forward, dynamic=True)
     prompts = [p for p, _, _ in make_pairs(tok, n_prompts)]
     g = torch.Generator().manual_seed(0)
     if method == "generate":
@@ -176,9 +183,10 @@ def bench_sampling(model_name, method, new_tokens=32, n_prompts=64, precision="f
         run = lambda: sample(model, prompts, new_tokens, temperature=temperature, pad_token_id=tok.pad_token_id,
                              generator=g)
     with torch.inference_mode(), precisions.autocast(precision), precisions.weights_fixed():
-        run()  # warm-up
+        first = _timed(run)  # warm-up (and compilation, where compiled)
         times = [_timed(run) for _ in range(3)]
-    return {"seconds_median": statistics.median(times), "new_tokens_per_s": n_prompts * new_tokens / statistics.median(times)}
+    return {"seconds_median": statistics.median(times), "first_s": first,
+            "new_tokens_per_s": n_prompts * new_tokens / statistics.median(times)}
 
 
 def bench_precompute(model_name, precision="fp32"):
@@ -246,6 +254,7 @@ JOBS = {
     "trl-bf16-fast": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True, bf16=True),
     "sample-core": lambda a: bench_sampling(a.model, "core"),
     "sample-core-bf16": lambda a: bench_sampling(a.model, "core", precision="bf16"),
+    "sample-core-bf16-compiled": lambda a: bench_sampling(a.model, "core", precision="bf16", compiled=True),
     "sample-generate": lambda a: bench_sampling(a.model, "generate"),
     "sample-generate-bf16": lambda a: bench_sampling(a.model, "generate", precision="bf16"),
     "decode-bound": lambda a: bench_sampling(a.model, "decode-bound"),
@@ -362,8 +371,40 @@ def render(records):
         if best_core_sampler and best_generate:
             lines.append(f"| sampler >= 2x model.generate (best against best) | {ratio(best_core_sampler, best_generate)} | "
                          f"{'yes' if best_core_sampler >= 2 * best_generate else 'no'} |")
+        lines += compile_verdicts(r)
         lines.append("")
     return "\n".join(lines)
+
+
+# A typical run of the cpu profile: notebook 04 takes 60 DPO steps; its 3-4 frontier evaluations sample
+# 256 prompts each, about 16 calls the size of the sampling jobs' 64 prompts.
+TYPICAL_STEPS, TYPICAL_SAMPLING_CALLS = 60, 16
+
+
+def compile_verdicts(r):
+    """torch.compile kept only where it gains >= 1.2x over a typical run, compile time included."""
+    rows = []
+    eager, compiled = r.get("dpo-core-lean-bf16", {}), r.get("dpo-core-lean-bf16-compiled", {})
+    if "step_median_s" in eager and "step_median_s" in compiled:
+        overhead = max(compiled["first_step_s"] - eager["first_step_s"], 0)
+        gain = TYPICAL_STEPS * eager["step_median_s"] / (overhead + TYPICAL_STEPS * compiled["step_median_s"])
+        rows.append((f"training step ({TYPICAL_STEPS} steps)", eager["step_median_s"], compiled["step_median_s"],
+                     overhead, gain))
+    eager, compiled = r.get("sample-core-bf16", {}), r.get("sample-core-bf16-compiled", {})
+    if "seconds_median" in eager and "seconds_median" in compiled and "first_s" in compiled:
+        overhead = max(compiled["first_s"] - eager.get("first_s", eager["seconds_median"]), 0)
+        gain = (TYPICAL_SAMPLING_CALLS * eager["seconds_median"]
+                / (overhead + TYPICAL_SAMPLING_CALLS * compiled["seconds_median"]))
+        rows.append((f"sampler ({TYPICAL_SAMPLING_CALLS} x 64 prompts)", eager["seconds_median"],
+                     compiled["seconds_median"], overhead, gain))
+    if not rows:
+        return []
+    lines = ["", "torch.compile (inductor), bf16, against the same job eager, over a typical cpu-profile run:", "",
+             "| path | eager s | compiled s | compile overhead s | gain over a typical run | keep (>= 1.2x)? |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {a:.3f} | {b:.3f} | {c:.0f} | {g:.2f}x | {'yes' if g >= 1.2 else 'no'} |"
+              for name, a, b, c, g in rows]
+    return lines
 
 
 if __name__ == "__main__":
