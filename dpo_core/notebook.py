@@ -75,6 +75,7 @@ def check_parameters(namespace, positive="", non_negative="", fractions=""):
     for names, holds, bound in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
                                 (fractions, lambda v: 0 <= v < 1, "in [0, 1)")):
         for name in names.split():
+            require(name in params, f"check_parameters was given {name!r}, which the first cell does not declare")
             require(holds(params[name]), f"{name} must be {bound}, got {params[name]}")
     return params
 

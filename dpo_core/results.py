@@ -113,11 +113,12 @@ def finish_run(path, files=None):
     """
     writers = {".csv": save_rows, ".jsonl": save_jsonl, ".json": save_json,
                ".safetensors": lambda path, module: save_trained_parameters(module, path)}
-    for name, value in (files or {}).items():
-        suffix = Path(name).suffix
-        if suffix not in writers:
-            raise ValueError(f"finish_run cannot write {name!r}: use one of {sorted(writers)}")
-        writers[suffix](Path(path) / name, value)
+    files = files or {}
+    unknown = [name for name in files if Path(name).suffix not in writers]
+    if unknown:  # before anything is written
+        raise ValueError(f"finish_run cannot write {unknown[0]!r}: use one of {sorted(writers)}")
+    for name, value in files.items():
+        writers[Path(name).suffix](Path(path) / name, value)
     atomic_write(Path(path) / "FINISHED", "")
 
 

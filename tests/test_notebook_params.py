@@ -89,3 +89,8 @@ def test_values_inside_their_ranges_pass():
     params = check_parameters(kernel_namespace("beta = 0.0\n", beta=0.0), positive="steps", non_negative="beta",
                               fractions="beta")
     assert params["beta"] == 0.0 and params["steps"] == 10
+
+
+def test_a_range_for_an_undeclared_name_is_a_clear_error():
+    with pytest.raises(ParameterError, match="given 'stpes', which the first cell does not declare"):
+        check_parameters(kernel_namespace(), positive="stpes")

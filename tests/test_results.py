@@ -81,8 +81,8 @@ def test_finish_run_writes_each_file_by_its_suffix_then_marks_the_run_finished(t
 def test_finish_run_refuses_an_unknown_suffix_before_marking_the_run_finished(tmp_path):
     path = results.start_run(results.run_dir(tmp_path, "p", "04_x", "a"), {})
     with pytest.raises(ValueError, match="cannot write 'log.txt'"):
-        results.finish_run(path, {"log.txt": "x"})
-    assert not (path / "FINISHED").exists()
+        results.finish_run(path, {"metrics.csv": [{"a": 1}], "log.txt": "x"})
+    assert not (path / "FINISHED").exists() and not (path / "metrics.csv").exists()  # nothing half-written
 
 
 def test_start_run_on_another_process_writes_nothing(tmp_path):

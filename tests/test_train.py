@@ -110,3 +110,30 @@ def test_reference_log_probs_are_cached_by_content(tmp_path, capsys):
         path.write_bytes(b"not a safetensors file")
     recomputed = cached(examples, batches)
     assert torch.equal(recomputed[(0,)][0], changed[(0,)][0]) and "unreadable" in capsys.readouterr().out
+
+
+def test_held_out_accuracy_is_indifferent_at_pi_ref_then_tracks_training(tmp_path):
+    """Eq. 7 and Eq. 5 on held-out pairs: with policy = pi_ref the loss is ln 2 and no pair is ranked
+    (ties count as wrong); pi_ref's log-probs come from the cache on a second evaluator; after DPO
+    steps on the same pairs their margin and accuracy rise."""
+    from dpo_core.train import held_out_accuracy
+
+    tok = byte_tokenizer()
+    examples = [encode_pair(tok, *p, max_length=64) for p in PAIRS]
+    policy = disable_dropout(tiny_gpt2(seed=3))
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    at_start = held_out_accuracy(policy, reference, examples, 0.1, tok.pad_token_id, tmp_path, batch_size=2)(0)
+    assert abs(at_start["eval_loss"] - math.log(2)) < 1e-6
+    assert at_start["eval_accuracy"] == 0 and abs(at_start["eval_margin"]) < 1e-6
+    assert len(list(tmp_path.glob("reference-*.safetensors"))) == 1
+    calls = []
+    reference.register_forward_hook(lambda *args: calls.append(1))
+    evaluate = held_out_accuracy(policy, reference, examples, 0.1, tok.pad_token_id, tmp_path, batch_size=2)
+    assert calls == []  # loaded from the cache
+    batch = collate_pairs(examples, tok.pad_token_id)
+    ref_c, ref_r = reference_logps(reference, batch)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    for _ in range(5):
+        dpo_step(policy, optimizer, batch, ref_c, ref_r, 0.1)
+    trained = evaluate(5)
+    assert trained["eval_margin"] > 0.05 and trained["eval_accuracy"] > 0.5 and trained["eval_loss"] < math.log(2)
