@@ -381,22 +381,25 @@ def render(records):
 TYPICAL_STEPS, TYPICAL_SAMPLING_CALLS = 60, 16
 
 
+# (path, eager job, compiled job, its seconds, its first call's seconds, calls in a typical run)
+COMPILED_PATHS = [
+    (f"training step ({TYPICAL_STEPS} steps)", "dpo-core-lean-bf16", "dpo-core-lean-bf16-compiled", "step_median_s",
+     "first_step_s", TYPICAL_STEPS),
+    (f"sampler ({TYPICAL_SAMPLING_CALLS} x 64 prompts)", "sample-core-bf16", "sample-core-bf16-compiled",
+     "seconds_median", "first_s", TYPICAL_SAMPLING_CALLS),
+]
+
+
 def compile_verdicts(r):
     """torch.compile kept only where it gains >= 1.2x over a typical run, compile time included."""
     rows = []
-    eager, compiled = r.get("dpo-core-lean-bf16", {}), r.get("dpo-core-lean-bf16-compiled", {})
-    if "step_median_s" in eager and "step_median_s" in compiled:
-        overhead = max(compiled["first_step_s"] - eager["first_step_s"], 0)
-        gain = TYPICAL_STEPS * eager["step_median_s"] / (overhead + TYPICAL_STEPS * compiled["step_median_s"])
-        rows.append((f"training step ({TYPICAL_STEPS} steps)", eager["step_median_s"], compiled["step_median_s"],
-                     overhead, gain))
-    eager, compiled = r.get("sample-core-bf16", {}), r.get("sample-core-bf16-compiled", {})
-    if "seconds_median" in eager and "seconds_median" in compiled and "first_s" in compiled:
-        overhead = max(compiled["first_s"] - eager.get("first_s", eager["seconds_median"]), 0)
-        gain = (TYPICAL_SAMPLING_CALLS * eager["seconds_median"]
-                / (overhead + TYPICAL_SAMPLING_CALLS * compiled["seconds_median"]))
-        rows.append((f"sampler ({TYPICAL_SAMPLING_CALLS} x 64 prompts)", eager["seconds_median"],
-                     compiled["seconds_median"], overhead, gain))
+    for name, eager_job, compiled_job, seconds, first, calls in COMPILED_PATHS:
+        eager, compiled = r.get(eager_job, {}), r.get(compiled_job, {})
+        if seconds in eager and seconds in compiled and first in compiled:
+            # compilation is what the compiled job's first call costs beyond the eager one's
+            overhead = max(compiled[first] - eager.get(first, eager[seconds]), 0)
+            gain = calls * eager[seconds] / (overhead + calls * compiled[seconds])
+            rows.append((name, eager[seconds], compiled[seconds], overhead, gain))
     if not rows:
         return []
     lines = ["", "torch.compile (inductor), bf16, against the same job eager, over a typical cpu-profile run:", "",

@@ -158,15 +158,16 @@ def test_a_training_notebook_under_accelerate_with_two_processes_trains_like_one
     import pandas as pd
 
     params_file = ROOT / "params" / "smoke" / params_name
+    smoke_runs = ROOT / "build" / "smoke" / "results" / "smoke"
     upstream = [("02_imdb_sft", "02_imdb_sft.yaml", "main"), ("03_imdb_preferences", "03_imdb_preferences.yaml", "main")]
     for needed_stem, needed_params, needed_run in [*upstream[: 0 if stem == "02_imdb_sft" else 2], (stem, params_name, run)]:
         # selected alone (-k), the single-process runs the papermill tests write earlier are missing: make them
-        if not (ROOT / "build" / "smoke" / "results" / "smoke" / needed_stem / needed_run / "FINISHED").exists():
+        if not (smoke_runs / needed_stem / needed_run / "FINISHED").exists():
             made = launch("1", f"notebooks/{needed_stem}.ipynb", "-f", str(ROOT / "params" / "smoke" / needed_params))
             assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     done = launch("2", f"notebooks/{stem}.ipynb", "-f", str(params_file), "-p", "run_name", "two-processes")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = ROOT / "build" / "smoke" / "results" / "smoke" / stem
+    runs = smoke_runs / stem
     one, two = (pd.read_csv(runs / name / "train_log.csv") for name in (run, "two-processes"))
     assert (two.columns == one.columns).all() and len(two) == len(one)
     # rewards/ties counts exact zeros: the frozen-bottom path of one process and DDP's full forward
