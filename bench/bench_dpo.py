@@ -280,6 +280,18 @@ def _child(name, args, queue):
         queue.put({"error": f"{type(err).__name__}: {err}"})
 
 
+def cpu_description():
+    """The CPU's model name and the flags that decide bf16 speed (avx512_bf16, amx_bf16)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU")
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(bf16) or 'no native bf16'})"
+
+
 def run_job(name, args):
     queue = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=_child, args=(name, args, queue))
@@ -304,7 +316,7 @@ def main():
     results = {name: run_job(name, args) for name in args.jobs.split(",")}
     record = {"model": args.model, "matmul_peak_gflops": peak, "matmul_peak_bf16_gflops": peak_bf16,
               "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "cpu": cpu_description(),
               "pairs": PAIRS, "prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
               "results": results}
     path = Path(args.out)
@@ -329,7 +341,7 @@ def render(records):
         r = rec["results"]
         peaks = {False: rec["matmul_peak_gflops"], True: rec.get("matmul_peak_bf16_gflops") or rec["matmul_peak_gflops"]}
         lines += [f"## {model}", "",
-                  f"torch {rec['torch']}, {rec['threads']} threads; matmul peaks measured in this run (2048 x 2048): "
+                  f"{rec.get('cpu', rec['machine'])}, torch {rec['torch']}, {rec['threads']} threads; matmul peaks measured in this run (2048 x 2048): "
                   f"fp32 {peaks[False]:.1f}, bf16 {peaks[True]:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
                   f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens. MFU: nominal 6NT FLOPs against the "
                   "peak of the precision the job uses.", "",
