@@ -341,7 +341,7 @@ def render(records):
         r = rec["results"]
         peaks = {False: rec["matmul_peak_gflops"], True: rec.get("matmul_peak_bf16_gflops") or rec["matmul_peak_gflops"]}
         lines += [f"## {model}", "",
-                  f"{rec.get('cpu', rec['machine'])}, torch {rec['torch']}, {rec['threads']} threads; matmul peaks measured in this run (2048 x 2048): "
+                  f"{rec['cpu'] + ', ' if 'cpu' in rec else ''}torch {rec['torch']}, {rec['threads']} threads; matmul peaks measured in this run (2048 x 2048): "
                   f"fp32 {peaks[False]:.1f}, bf16 {peaks[True]:.1f} GFLOP/s. Batch: {rec['pairs']} pairs of "
                   f"{rec['prompt_tokens']} + {rec['completion_tokens']} tokens. MFU: nominal 6NT FLOPs against the "
                   "peak of the precision the job uses.", "",
