@@ -282,14 +282,13 @@ def _child(name, args, queue):
 
 def cpu_description():
     """The CPU's model name and the flags that decide bf16 speed (avx512_bf16, amx_bf16)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
+    from dpo_core.precision import cpuinfo_lines
+
+    model, flags = cpuinfo_lines()
+    if not model:
         return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(bf16) or 'no native bf16'})"
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    return f"{model.split(':', 1)[1].strip()} ({', '.join(bf16) or 'no native bf16'})"
 
 
 def run_job(name, args):

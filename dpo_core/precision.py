@@ -129,15 +129,21 @@ def matmul_seconds(shapes, dtype, reps=3):
     return best
 
 
+def cpuinfo_lines():
+    """/proc/cpuinfo's "model name" and "flags" lines (the flags decide bf16 speed: avx512_bf16,
+    amx_bf16); (None, "") where there is no such file or no model name."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None, ""
+    model = next((line for line in info if line.startswith("model name")), None)
+    return model, next((line for line in info if line.startswith("flags")), "") if model else ""
+
+
 def machine_key(shapes):
     """What the answer depends on: the CPU, its kernels, the thread count, torch, the shapes."""
-    cpu = platform.processor()
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(line for line in info.splitlines() if line.startswith("model name")) + \
-            next((line for line in info.splitlines() if line.startswith("flags")), "")
-    except (OSError, StopIteration):
-        pass
+    model, flags = cpuinfo_lines()
+    cpu = model + flags if model else platform.processor()
     text = json.dumps([cpu, torch.__version__, torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(),
                        sorted(map(list, shapes))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
