@@ -20,6 +20,8 @@ import torch
 
 from dpo_core.results import atomic
 
+NOT_STATE = ("log_every", "checkpoint_every")  # parameters that never change what a run computes
+
 
 def _trained_state(model):
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -32,6 +34,8 @@ class Checkpoint:
         path: the checkpoint file (e.g. run_dir / "checkpoint.pt").
         model, optimizer, scheduler: restored in place; only parameters that require grad are saved.
         params: the run's parameters; a checkpoint written under different ones is not resumed.
+            Those that cannot change the training state are left out of the comparison: `NOT_STATE`
+            (logging and checkpoint cadence) and the names in `ignore` (e.g. what happens after training).
         every: steps between saves (0: only at the end of training).
         logs: extra lists the caller appends to (e.g. evaluation samples), saved and restored in place.
         write: False on all but the main process of a multi-process run: every process restores,
@@ -41,9 +45,10 @@ class Checkpoint:
     """
 
     def __init__(self, path, model, optimizer, scheduler=None, params=None, every=0, logs=None, write=True,
-                 generator=None, stateful=None):
+                 generator=None, stateful=None, ignore=()):
         self.path, self.model, self.optimizer, self.scheduler = Path(path), model, optimizer, scheduler
-        self.params = json.dumps(params or {}, sort_keys=True, default=str)
+        state_params = {k: v for k, v in (params or {}).items() if k not in NOT_STATE and k not in ignore}
+        self.params = json.dumps(state_params, sort_keys=True, default=str)
         self.every, self.logs, self.write = every, logs or {}, write
         self.generator, self.stateful = generator, stateful or {}
 

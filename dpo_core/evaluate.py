@@ -141,3 +141,35 @@ def best_of_n_kl_bound(n):
     """KL(best-of-n || pi) <= log n - (n - 1) / n (Stiennon et al. 2020; Beirami et al. 2024 show
     it is an upper bound): the x-coordinate of Best-of-N on the frontier, which trains nothing."""
     return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def held_out_nll(model, chunks):
+    """Mean next-token NLL per token of equal-length held-out chunks (every token real), in eval
+    mode: the check that SFT moved pi_ref toward the corpus (notebook 02)."""
+    ids = torch.tensor(chunks).to(next(model.parameters()).device)  # (N, T)
+    return model.eval()(input_ids=ids, labels=ids).loss.item()
+
+
+def best_of_n_points(learned_scores, gold_scores, texts, max_new_tokens):
+    """Best-of-N's frontier points from one pool of samples per prompt: for N = 1, 2, 4, ... up to
+    the pool size, the learned reward model's pick among each prompt's first N samples, scored by
+    the gold reward, at KL `best_of_n_kl_bound(N)` (no policy is trained, so the KL is analytic).
+
+    Args:
+        learned_scores, gold_scores: (P, K) per prompt and sample.
+        texts: the P * K decoded samples, prompt-major.
+    Returns:
+        (rows, samples): one metrics row per N, and per N and prompt the picked text and its reward.
+    """
+    k = learned_scores.shape[1]
+    rows, samples, n = [], [], 1
+    while n <= k:
+        best = learned_scores[:, :n].argmax(-1)  # (P,)
+        picked = gold_scores[torch.arange(len(best)), best]  # (P,)
+        rows.append({"method": "best_of_n", "setting": n, "step": 0, "kl": best_of_n_kl_bound(n),
+                     "kl_sampled": float("nan"), "reward": picked.mean().item(), "completion_tokens": max_new_tokens})
+        samples += [{"step": 0, "setting": n, "text": texts[i * k + j], "reward": r}
+                    for i, (j, r) in enumerate(zip(best.tolist(), picked.tolist()))]
+        n *= 2
+    return rows, samples

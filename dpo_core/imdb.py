@@ -2,11 +2,15 @@
 it, and the one evaluation every policy of the frontier gets.
 
     preferences(...)          notebook 03's outputs: pairs, examples, test prompts, pi_ref's directory
+    policy_and_reference(...) pi_ref twice: the policy to train and the frozen reference
     load_reward_model(...)    notebook 05's learned reward model, ready to score ids
     load_policy(...)          pi_ref, or pi_ref with a training run's weights, and its method and setting
     frontier_evaluator(...)   evaluate(step) for `train.train_loop`: one frontier point, samples kept;
                               step 0 (pi = pi_ref) computed once and shared by every run
     trajectory(run_dir)       a run's evaluations per prompt, for intervals and paired comparisons
+    sample_pool(...)          K pure samples per prompt with their texts (notebooks 03, 07)
+    reference_samples(...)    pi_ref's distinct samples in the pairs (PPO's reward normalisation)
+    policy_texts(...)         one text per test prompt at a temperature (win rates, notebook 09)
 """
 
 import json
@@ -21,13 +25,15 @@ import torch
 from dpo_core import results
 from dpo_core.data import make_pair
 from dpo_core.evaluate import best_of_n_kl_bound, evaluate_policy
-from dpo_core.precision import autocast_state
-from dpo_core.reward import ScalarRewardModel
+from dpo_core.precision import autocast, autocast_state
+from dpo_core.reward import ScalarRewardModel, tie_rate
+from dpo_core.sampling import best_of_n, sample
 
 
 def preferences(results_root, profile, run="main"):
     """Notebook 03's run `run`: a namespace with dir, params, sft_dir (pi_ref's run), pairs (the
-    Dataset), examples (`make_pair` dicts), test_prompts, test_references and max_length."""
+    Dataset), examples (`make_pair` dicts), train_prompts (the distinct prompts of the pairs, sorted),
+    test_prompts, test_references and max_length."""
     prefs_dir, prefs = results.upstream(results_root, profile, "03_imdb_preferences", run)
     sft_dir, _ = results.upstream(results_root, profile, "02_imdb_sft", prefs["sft_run"])
     pairs = datasets.load_from_disk(str(prefs_dir / "pairs"))
@@ -35,9 +41,17 @@ def preferences(results_root, profile, run="main"):
     examples = [make_pair(p, c, r, max_length) for p, c, r in zip(pairs["prompt_ids"], pairs["chosen_ids"],
                                                                     pairs["rejected_ids"])]
     return SimpleNamespace(dir=prefs_dir, params=prefs, sft_dir=sft_dir, pairs=pairs, examples=examples,
+                           train_prompts=[list(p) for p in sorted({tuple(p) for p in pairs["prompt_ids"]})],
                            test_prompts=json.loads((prefs_dir / "test_prompts.json").read_text()),
                            test_references=json.loads((prefs_dir / "test_references.json").read_text()),
                            max_length=max_length)
+
+
+def policy_and_reference(prefs):
+    """pi_ref twice from notebook 02's run: (policy to train, frozen reference, tokenizer)."""
+    policy, tokenizer = results.load_model(prefs.sft_dir / "model")
+    reference, _ = results.load_model(prefs.sft_dir / "model")  # a separate copy, never trained
+    return policy, reference.requires_grad_(False), tokenizer
 
 
 def load_reward_model(results_root, profile, run, sft_dir):
@@ -111,3 +125,51 @@ def loop_share(run_dir, threshold=0.8):
                            reward_rest=frame.reward.where(~loops)).groupby("step")
     return grouped.agg(loops=("loops", "mean"), reward_loops=("reward_loops", "mean"),
                        reward_rest=("reward_rest", "mean"), reference_nll=("reference_nll", "mean"))
+
+
+def sample_pool(model, prompts, k, tokenizer, max_new_tokens, seed):
+    """K pure samples (temperature 1) of `model` per prompt, prompt-major: (repeated prompts, completion
+    ids, texts of prompt + completion without special tokens). Call it inside `precision.autocast`."""
+    repeated = [p for p in prompts for _ in range(k)]
+    completions = sample(model, repeated, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed))
+    texts = [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(repeated, completions)]
+    return repeated, completions, texts
+
+
+def continuations(tokenizer, texts, prompts, n_tokens):
+    """Each held-out review's own next `n_tokens` tokens after its prefix: the reference text that
+    win rates judge a policy's completion against."""
+    return [tokenizer(text, add_special_tokens=False)["input_ids"][len(p) : len(p) + n_tokens]
+            for text, p in zip(texts, prompts)]
+
+
+def preference_metrics(pairs, n_ties, scores, completions):
+    """Notebook 03's summary of its pairs: counts, the tie rate, the gold reward of all samples and
+    of the chosen and rejected sides, and the mean completion length."""
+    return {"n_pairs": len(pairs), "n_ties": n_ties, "tie_rate": tie_rate(scores), "reward_mean": scores.mean().item(),
+            "chosen_reward_mean": sum(pairs["chosen_reward"]) / len(pairs),
+            "rejected_reward_mean": sum(pairs["rejected_reward"]) / len(pairs),
+            "completion_tokens_mean": sum(map(len, completions)) / len(completions)}
+
+
+def reference_samples(pairs, n):
+    """The first `n` distinct (prompt, completion) samples of pi_ref in the pairs, each side of each
+    pair: PPO normalises its reward by their scores. Returns (prompts, completions), lists of ids."""
+    seen = list(dict.fromkeys((tuple(row["prompt_ids"]), tuple(row[side])) for row in pairs
+                              for side in ("chosen_ids", "rejected_ids")))[:n]
+    return [list(p) for p, _ in seen], [list(c) for _, c in seen]
+
+
+def prefixed_texts(tokenizer, prompts, completions):
+    """prefix + completion as text, special tokens dropped: what the gold judge reads."""
+    return [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
+
+
+def policy_texts(model, prompts, tokenizer, max_new_tokens, temperature, seed, matmuls, n=1, score=None):
+    """One completion per prompt at `temperature` (Best-of-N with n > 1: `score`'s pick of n), with its
+    prefix, as text. The sampling seed is the same for every policy and temperature."""
+    with autocast(matmuls):
+        completions = best_of_n(model, prompts, n, score, max_new_tokens, temperature, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, torch.Generator().manual_seed(seed))
+    return prefixed_texts(tokenizer, prompts, completions)

@@ -9,6 +9,7 @@ could not be parsed). Nothing is guessed: ties and invalid replies are counted a
                       chat-completions endpoint; random A/B order, strict parsing, retries,
                       replies cached on disk; the API key is read from the environment only
     win_rate          verdicts -> win rate with its binomial standard error
+    win_rate_sweep    one policy's win rate at each temperature; sweep_policies: several policies
 """
 
 import hashlib
@@ -219,4 +220,16 @@ def win_rate_sweep(generate, judge, contexts, references, temperatures, row=None
                       f"+- {last['stderr']:.3f} ({last['n_win']} wins, {last['n_tie']} ties, {last['n_loss']} losses, "
                       f"{last['n_invalid']} invalid)")
             bar.update()
+    return rows, samples
+
+
+def sweep_policies(policies, judge, contexts, references, temperatures):
+    """`win_rate_sweep` for several policies against the same references: `policies` is a list of
+    (row, generate), row holding at least the method. Returns (rows, samples), the samples tagged
+    with their method."""
+    rows, samples = [], []
+    for row, generate in policies:
+        policy_rows, policy_samples = win_rate_sweep(generate, judge, contexts, references, temperatures, row)
+        rows += policy_rows
+        samples += [{"method": row["method"], **s} for s in policy_samples]
     return rows, samples

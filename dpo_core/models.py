@@ -5,6 +5,7 @@
     final_norm(model)          the norm after the last block
     train_top_layers(model, k) freeze all but the top k blocks and the final norm (0: train all)
     disable_dropout(model)     dropout off everywhere (pi = pi_ref at step 0)
+    trainable(model)           the parameters an optimizer should get
 """
 
 import torch
@@ -51,3 +52,8 @@ def disable_dropout(model):
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     return model
+
+
+def trainable(model):
+    """The parameters that require grad (after `train_top_layers`): what the optimizer gets."""
+    return [p for p in model.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ import ast
 import difflib
 import re
 
+from dpo_core import methods
 from dpo_core.precision import PRECISIONS
 from dpo_core.results import repo_root  # noqa: F401  (notebooks import it from here)
 
@@ -54,7 +55,8 @@ def check_parameters(namespace, positive="", non_negative="", fractions=""):
         fractions: space-separated names whose values must lie in [0, 1).
     Raises:
         ParameterError for an injected name the first cell does not declare, a value whose
-        type differs from its annotation, or a value out of its range.
+        type differs from its annotation, or a value out of its range. `precision` and
+        `temperatures`, where declared, are checked here for every notebook.
     """
     declared = namespace.get("__annotations__", {})
     unknown = sorted(injected_names(namespace) - set(declared))
@@ -72,12 +74,28 @@ def check_parameters(namespace, positive="", non_negative="", fractions=""):
         params[name] = namespace[name] = _check_type(name, namespace[name], expected)
     if "precision" in params:  # every training and sampling notebook's, checked before anything is written
         require(params["precision"] in PRECISIONS, f"precision must be one of {PRECISIONS}, got {params['precision']!r}")
+    if "temperatures" in params:  # every win-rate notebook's
+        temperatures = params["temperatures"]
+        require(len(temperatures) > 0 and all(isinstance(t, (int, float)) and t >= 0 for t in temperatures),
+                f"temperatures must be a non-empty list of numbers >= 0, got {temperatures}")
     for names, holds, bound in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
                                 (fractions, lambda v: 0 <= v < 1, "in [0, 1)")):
         for name in names.split():
             require(name in params, f"check_parameters was given {name!r}, which the first cell does not declare")
             require(holds(params[name]), f"{name} must be {bound}, got {params[name]}")
     return params
+
+
+def check_offline_method(method, setting, label_smoothing=0.0):
+    """Notebook 04's method and setting: an offline method of the registry, its setting in range,
+    cDPO's label noise for DPO only. Returns the registry entry."""
+    require(method in methods.OFFLINE, f"method must be one of {methods.OFFLINE} (dpo_core/methods.py), got {method!r}")
+    entry = methods.get(method)
+    require(entry.setting != "beta" or setting > 0, f"{method}'s beta must be > 0, got {setting}")
+    require(method != "unlikelihood" or 0 <= setting <= 1, f"unlikelihood's alpha must be in [0, 1], got {setting}")
+    require(0 <= label_smoothing < 0.5 and (label_smoothing == 0 or method == "dpo"),
+            "label_smoothing: dpo only, in [0, 0.5)")
+    return entry
 
 
 def require(condition, message):

@@ -4,6 +4,7 @@
     plot_win_rates            Fig. 2 right / Fig. 3 right: win rate with binomial standard errors
     LiveCurves                loss, accuracy, KL and reward against step, redrawn in place at each evaluation
     save_figure               PNG + PDF
+    win_rate_figure           plot_win_rates on a new figure, titled and saved
 """
 
 import matplotlib.pyplot as plt
@@ -45,6 +46,15 @@ def save_figure(fig, fig_dir, name):
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     return paths
+
+
+def win_rate_figure(frame, x, title, fig_dir, name, figsize=(6, 4.5)):
+    """`plot_win_rates` of `frame` against `x` on a new figure with `title`, saved as `name`.png and
+    .pdf in `fig_dir`; returns the paths."""
+    fig, ax = plt.subplots(figsize=figsize)
+    plot_win_rates(frame, ax, x=x)
+    ax.set_title(title)
+    return save_figure(fig, fig_dir, name)
 
 
 def plot_win_rates(frame, ax=None, x="temperature"):

@@ -7,6 +7,7 @@ beside the corpora), whose quality is measured on held-out Pang & Lee data.
 
     SentimentReward      p(positive) of a classifier, batch-size independent, eval mode
     ScalarRewardModel    the learned Bradley-Terry reward model r_phi (Eq. 2) of the RLHF baseline
+    id_scorer, text_scorer   either as score(prompts, completions) of token ids (PPO, Best-of-N)
     tie_rate             exact ties among a prompt's scores
 
 The classifier has its own tokenizer, so the reward takes *text*: decode the policy's ids
@@ -80,6 +81,22 @@ class SentimentReward:
 
     def __call__(self, texts):
         return torch.sigmoid(self.logits(texts))
+
+
+def id_scorer(reward_model, pad_token_id):
+    """score(prompts, completions) -> (N,): a learned reward model on the ids of prompt + completion
+    (PPO's signal, Best-of-N's ranking)."""
+    def score(prompts, completions):
+        return reward_model.score_ids([p + c for p, c in zip(prompts, completions)], pad_token_id)
+    return score
+
+
+def text_scorer(reward, tokenizer):
+    """score(prompts, completions) -> (N,): a text reward (the gold classifier) on prompt + completion
+    decoded without special tokens (PPO-GT's signal)."""
+    def score(prompts, completions):
+        return reward([tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)])
+    return score
 
 
 def tie_rate(scores):

@@ -12,9 +12,13 @@ serves both, so what the prompts share cancels.
     matched_difference(a, b, ...)            mean reward gap of trajectory a over b on their shared KL
                                              range, with its paired bootstrap interval
     difference_at(a, b, kls, ...)            the same gap at each given KL, with its paired interval
+    point_intervals(trajectories, ...)       every evaluation's interval, for the figure's error bars
+    verdict(gap, low, high, name)            a paired gap in words: no difference, higher or lower
+    paired_comparisons(trajectories, ...)    one run against every other: both gaps, with verdicts
 """
 
 import numpy as np
+import pandas as pd
 
 
 def bootstrap_indices(n, draws=2000, seed=0):
@@ -106,3 +110,60 @@ def difference_at(a, b, kls, draws=2000, seed=0, level=0.95):
         low, high = (np.percentile(r, tail), np.percentile(r, 100 - tail)) if np.isfinite(point[j]) and len(r) else (np.nan, np.nan)
         rows.append({"kl": float(kl), "gap": float(point[j]), "low": float(low), "high": float(high)})
     return rows
+
+
+def point_intervals(trajectories, draws=2000, seed=0, level=0.95):
+    """Every evaluation's percentile interval over prompts (`mean_interval`): the figure's error bars.
+
+    Args:
+        trajectories: {run: trajectory}, each with "reward" (points, n_prompts) and its points' key,
+            "setting" (Best-of-N: one point per N) or else "step".
+    Returns:
+        DataFrame with run, point (the key's value), reward_low and reward_high: one row per point.
+    """
+    rows = []
+    for run, t in trajectories.items():
+        for key, rewards in zip(t["setting" if "setting" in t else "step"], t["reward"]):
+            _, low, high = mean_interval(rewards, draws, seed, level)
+            rows.append({"run": run, "point": key, "reward_low": low, "reward_high": high})
+    return pd.DataFrame(rows)
+
+
+def verdict(gap, low, high, name):
+    """A paired gap of run `name` over another, in words: "no overlap in KL" (no gap to measure),
+    "no difference" (the interval holds 0), else "`name` higher" or "`name` lower"."""
+    if pd.isna(gap):
+        return "no overlap in KL"
+    if low <= 0 <= high:
+        return "no difference"
+    return f"{name} higher" if low > 0 else f"{name} lower"
+
+
+def paired_comparisons(trajectories, reference, methods, kls, draws=2000, seed=0):
+    """Run `reference` against every other run, paired over prompts: its reward gap at matched KL
+    averaged over their shared KL range (`matched_difference`), and the gap at each KL of `kls`
+    that both reach (`difference_at`), every row with its `verdict`.
+
+    Args:
+        trajectories: {run: {"kl", "reward"}}, each (points, n_prompts), as `matched_difference` takes them.
+        methods: {run: method}, for the tables' method column.
+    Returns:
+        (over_range, at_kl): over_range has one row per other run (gap nan where the two runs do not
+        share their prompts); at_kl one row per (run, KL) with a gap, columns run, method, kl, gap, low, high.
+    """
+    ref = trajectories[reference]
+    rows = []
+    for run, t in trajectories.items():
+        if run == reference:
+            continue
+        same_prompts = t["kl"].shape[1] == ref["kl"].shape[1]
+        result = matched_difference(ref, t, draws, seed) if same_prompts else {"gap": float("nan")}
+        rows.append({"run": run, "method": methods[run], **result})
+    at_kl = pd.DataFrame([{"run": c["run"], "method": c["method"], **row} for c in rows if not pd.isna(c["gap"])
+                          for row in difference_at(ref, trajectories[c["run"]], kls, draws, seed)
+                          if not pd.isna(row["gap"])], columns=["run", "method", "kl", "gap", "low", "high"])
+    over_range = pd.DataFrame(rows)
+    for table in (over_range, at_kl):  # no low or high column when no pair shares its prompts
+        table["verdict"] = [verdict(r.gap, getattr(r, "low", None), getattr(r, "high", None), reference)
+                            for r in table.itertuples()]
+    return over_range, at_kl

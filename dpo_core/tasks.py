@@ -14,14 +14,21 @@ Every prompt ends where the model's answer starts ("TL;DR:" or "Assistant:"), so
 sampling and judging share one split of text into prompt and completion. Offline, `fixture`
 builds small synthetic datasets in exactly these schemas, so the parsing, the training steps and
 the notebooks run on `smoke` (tests/test_tasks.py checks the parsing on them).
+
+`win_rates` samples every policy on the test prompts and has a judge compare each response with
+the reference one (notebooks 11 and 12).
 """
 
 import random
 
 import datasets
+import torch
 
 from dpo_core.assets import hub_source
-from dpo_core.data import encode_pair, require_columns
+from dpo_core.data import encode_pair, encode_prompt, require_columns
+from dpo_core.judges import sweep_policies
+from dpo_core.precision import autocast
+from dpo_core.sampling import best_of_n
 
 TLDR_MARK = "TL;DR:"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -146,11 +153,51 @@ def fixture(name, n_rows=24, seed=0):
     return datasets.Dataset.from_list(rows)
 
 
-def load_rows(source, split):
+def load_rows(source, split, limit=0):
     """`hub:<id>` (through assets.hub_source, so $DPO_HUB_MIRROR works offline) or
-    `fixture:<name>` -> a datasets.Dataset of that split."""
+    `fixture:<name>` -> a datasets.Dataset of that split; its first `limit` rows when limit > 0."""
     if source.startswith("fixture:"):
-        return fixture(source.split(":", 1)[1], seed=0 if split == "train" else 1)
-    if source.startswith("hub:"):
-        return datasets.load_dataset(hub_source(source), split=split)
-    raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf) or fixture:<name>")
+        rows = fixture(source.split(":", 1)[1], seed=0 if split == "train" else 1)
+    elif source.startswith("hub:"):
+        rows = datasets.load_dataset(hub_source(source), split=split)
+    else:
+        raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf) or fixture:<name>")
+    return rows.select(range(min(limit, len(rows)))) if limit > 0 else rows
+
+
+def sampled_texts(model, tokenizer, prompts, temperature, max_new_tokens, seed, matmuls, device="cpu", n=1,
+                  score=None):
+    """One response per prompt (ids) at `temperature`, decoded without special tokens (Best-of-N with
+    n > 1: `score`'s pick of n). Sampling runs at the `matmuls` precision, with one seed for every
+    policy and temperature."""
+    with autocast(matmuls, device):
+        completions = best_of_n(model, prompts, n, score, max_new_tokens, temperature, tokenizer.eos_token_id,
+                                tokenizer.pad_token_id, torch.Generator().manual_seed(seed))
+    return [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
+
+
+def win_rates(policies, prompts, references, tokenizer, judge, temperatures, max_new_tokens, seed, matmuls,
+              device="cpu", strip=False):
+    """Fig. 2 (right) and Fig. 3 (left): every policy's win rate against `references` at every temperature.
+
+    Each text prompt is encoded as in training (`data.encode_prompt`) and shown to the judge as its
+    `judge_context`; each policy answers with `sampled_texts` (one seed for all), stripped of outer
+    whitespace when `strip`, and `judges.sweep_policies` asks the judge.
+
+    Args:
+        policies: (row, model) or (row, model, n, score) per policy; row names its method and setting,
+            n > 1 makes it Best-of-N ranked by `score(prompts, completions)`.
+    Returns:
+        (rows, samples) of `judges.sweep_policies`.
+    """
+    ids = [encode_prompt(tokenizer, p) for p in prompts]  # as in training: BOS first where the tokenizer adds one
+
+    def generate(model, n=1, score=None):
+        def texts(temperature):
+            out = sampled_texts(model.eval(), tokenizer, ids, temperature, max_new_tokens, seed, matmuls, device, n,
+                                score)
+            return [t.strip() for t in out] if strip else out
+        return texts
+
+    return sweep_policies([(row, generate(*rest)) for row, *rest in policies], judge,
+                          [judge_context(p) for p in prompts], references, temperatures)

@@ -1,12 +1,15 @@
 """Training: the one loop (`train_loop`), the steps it runs, and pi_ref's log-probs.
 
     train_loop                 batches, step, evaluation, checkpoint/resume, NaN stop, progress
+    fit_offline                an offline method's run through it: pi_ref's log-probs, the stepper, the loop
     preference_step            one step of an offline method of the registry (DPO's Eq. 7, IPO, ...)
     dpo_step                   the same, for DPO
     reward_model_step          one step of the Bradley-Terry loss, Eq. 2
     sft_step                   one step of next-token NLL (SFT, the pi_ref of Section 6)
+    *_stepper                  step(indices) for train_loop: this process's share, one step, metrics averaged
     reference_logps_by_batch   pi_ref's log-probs in each step's own batch layout (bf16-exact step 0)
     training_batches           the seeded index batches of every step (resume relies on them)
+    cycled_batches             the same for SFT's chunks and PPO's prompts: one permutation, cycled
 
 The metric names follow the official code and TRL: rewards/chosen, rewards/rejected,
 rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, plus rewards/ties,
@@ -206,6 +209,34 @@ def preference_stepper(policy, optimizer, schedule, make_batch, method, setting,
     return step
 
 
+def fit_offline(policy, reference_model, examples, method, setting, optimizer, schedule, batches, make_batch, *,
+                cache_dir, checkpoint=None, reference_forward=concatenated_forward, forward=concatenated_forward,
+                accelerator=None, evaluate=None, eval_at=(), log_every=10, on_evaluate=None, desc="train", **options):
+    """One run of an offline method of the registry (`methods`: DPO's Eq. 7, IPO, ...) on `examples`:
+    pi_ref's log-probs of every step's batch in that batch's own layout, cached
+    (`cached_reference_logps`; reference-free methods skip them), then `preference_stepper` through
+    `train_loop`, one step per batch. Call it inside `precision.autocast`.
+
+    Args:
+        policy: what each step differentiates: the model, or a `logprobs.SequenceScorer` around it
+            (DDP-wrapped under several processes); `forward` scores it, `reference_forward` pi_ref.
+        batches: the index batch of every step (`training_batches`), all processes' indices.
+        options: the method's extra loss arguments (DPO's label_smoothing).
+    Returns:
+        (train_log, eval_rows) of `train_loop`.
+    """
+    reference_by_batch = None
+    if method.uses_reference:
+        reference_by_batch = cached_reference_logps(cache_dir, reference_model, examples,
+                                                    [local_share(b, accelerator) for b in batches], make_batch,
+                                                    reference_forward)
+    step = preference_stepper(policy, optimizer, schedule, make_batch, method, setting, reference_by_batch, forward,
+                              accelerator, **options)
+    return train_loop(step, len(examples), len(batches), len(batches[0]), None, evaluate, eval_at, log_every,
+                      checkpoint, batches=batches, desc=desc, on_evaluate=on_evaluate,
+                      show_progress=accelerator is None or accelerator.is_main_process)
+
+
 def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0,
              forward=concatenated_forward):
     """One optimizer step of Eq. 7 (`preference_step` with the registry's DPO)."""
@@ -221,6 +252,18 @@ def reward_model_step(model, optimizer, batch):
     return {"loss": loss.item(), "accuracy": (chosen > rejected).float().mean().item()}
 
 
+def reward_model_stepper(model, optimizer, make_batch, schedule=None, accelerator=None):
+    """`step(indices)` for `train_loop`: this process's share of the pairs, collated by `make_batch`,
+    one `reward_model_step` (Eq. 2), the scheduler stepped, the metrics averaged over processes."""
+    def step(indices):
+        model.train()
+        metrics = reward_model_step(model, optimizer, make_batch(local_share(indices, accelerator)))
+        if schedule is not None:
+            schedule.step()
+        return mean_over_processes(metrics, accelerator)
+    return step
+
+
 def sft_step(model, optimizer, input_ids, attention_mask):
     """One step of next-token NLL (mean over real tokens) on a right-padded (B, T) batch."""
     labels = input_ids.masked_fill(attention_mask == 0, -100)
@@ -229,10 +272,29 @@ def sft_step(model, optimizer, input_ids, attention_mask):
     return loss.item()
 
 
+def sft_stepper(model, optimizer, chunks, accelerator=None):
+    """`step(indices)` for `train_loop` on equal-length token chunks (notebook 02): this process's
+    share, one `sft_step` (every row full length, so the mean of the processes' means is the mean
+    over tokens), the loss averaged over processes."""
+    def step(indices):
+        ids = torch.tensor([chunks[i] for i in local_share(indices, accelerator)])  # (B, T)
+        ids = ids.to(next(model.parameters()).device)
+        model.train()
+        return mean_over_processes({"loss": sft_step(model, optimizer, ids, torch.ones_like(ids))}, accelerator)
+    return step
+
+
 def warmup_lr(optimizer, warmup_steps):
     """Linear warm-up from 0 to the optimizer's lr over `warmup_steps`, then constant
     (the paper: 150 steps to 1e-6 with RMSprop)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+
+def rmsprop_with_warmup(parameters, learning_rate, warmup_steps):
+    """The paper's optimizer for every DPO-style stage (App. B): RMSprop at `learning_rate` after a
+    linear warm-up over `warmup_steps` (the paper: 1e-6 and 150). Returns (optimizer, schedule)."""
+    optimizer = torch.optim.RMSprop(parameters, lr=learning_rate)
+    return optimizer, warmup_lr(optimizer, warmup_steps)
 
 
 def pair_batches(n_pairs, batch_size, n_steps, seed):
@@ -275,6 +337,14 @@ def training_batches(n_pairs, batch_size, n_steps, seed, lengths=None):
     length when `lengths` are given (`length_bucketed`)."""
     batches = pair_batches(n_pairs, batch_size, n_steps, seed)
     return batches if lengths is None else length_bucketed(batches, lengths, seed)
+
+
+def cycled_batches(n_items, batch_size, n_steps, seed):
+    """The index batch of every step for SFT's chunks and PPO's prompts: one seeded permutation,
+    read in order and wrapped around. Step i (from 1) takes positions i*B .. i*B + B - 1 (mod n):
+    the first pass starts at position B, as every run of these notebooks has been made."""
+    order = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [[order[(i * batch_size + j) % n_items] for j in range(batch_size)] for i in range(1, n_steps + 1)]
 
 
 def pair_lengths(examples):

@@ -6,7 +6,15 @@ import math
 import numpy as np
 import pytest
 
-from dpo_core.stats import difference_at, interpolate_at, matched_difference, mean_interval
+from dpo_core.stats import (
+    difference_at,
+    interpolate_at,
+    matched_difference,
+    mean_interval,
+    paired_comparisons,
+    point_intervals,
+    verdict,
+)
 
 
 def test_bootstrap_interval_of_a_mean_matches_the_normal_theory():
@@ -91,3 +99,53 @@ def test_difference_at_pairs_the_prompts_and_covers_the_truth():
     assert covered >= 16
     with pytest.raises(ValueError, match="same prompts"):
         difference_at(trajectory(base, 0, [0, 1]), trajectory(base[:10], 0, [0, 1]), [0.5])
+
+
+def test_point_intervals_are_mean_interval_of_each_point():
+    rng = np.random.default_rng(4)
+    runs = {"dpo": {"step": np.array([0, 10]), "kl": np.zeros((2, 30)), "reward": rng.uniform(size=(2, 30))},
+            "bon": {"setting": np.array([1, 4]), "kl": np.zeros((2, 30)), "reward": rng.uniform(size=(2, 30))}}
+    table = point_intervals(runs, draws=300)
+    assert list(table.columns) == ["run", "point", "reward_low", "reward_high"]
+    assert list(zip(table.run, table.point)) == [("dpo", 0), ("dpo", 10), ("bon", 1), ("bon", 4)]  # bon by setting
+    for row, (run, i) in zip(table.itertuples(), [("dpo", 0), ("dpo", 1), ("bon", 0), ("bon", 1)]):
+        _, low, high = mean_interval(runs[run]["reward"][i], 300)
+        assert (row.reward_low, row.reward_high) == (low, high)
+
+
+def test_verdict_rules_on_hand_made_gaps():
+    assert verdict(float("nan"), None, None, "ref") == "no overlap in KL"
+    assert verdict(0.1, -0.01, 0.2, "ref") == "no difference"
+    assert verdict(0.0, 0.0, 0.0, "ref") == "no difference"  # an interval that touches 0 holds it
+    assert verdict(0.1, 0.05, 0.2, "ref") == "ref higher"
+    assert verdict(-0.1, -0.2, -0.05, "ref") == "ref lower"
+
+
+def test_paired_comparisons_are_matched_difference_and_difference_at_with_verdicts():
+    rng = np.random.default_rng(5)
+    base = rng.uniform(0.2, 0.9, size=64)
+    runs = {"higher": trajectory(base, 0.0, [0, 1, 2, 4]), "ref": trajectory(base, 0.05, [0, 1, 2, 4]),
+            "lower": trajectory(base, 0.0, [0, 1.5, 3, 5]), "same": trajectory(base, 0.05, [0, 1, 2]),
+            "other_prompts": trajectory(base[:10], 0.0, [0, 1])}
+    runs["higher"]["reward"] += 0.1
+    methods = {"higher": "ipo", "lower": "ppo", "same": "dpo", "other_prompts": "best_of_n"}
+    over_range, at_kl = paired_comparisons(runs, "ref", methods, [1.0, 3.0], draws=200)
+    assert list(over_range.run) == ["higher", "lower", "same", "other_prompts"]
+    assert list(over_range.method) == ["ipo", "ppo", "dpo", "best_of_n"]
+    assert list(over_range.verdict) == ["ref lower", "ref higher", "no difference", "no overlap in KL"]
+    expected = matched_difference(runs["ref"], runs["lower"], draws=200)
+    assert over_range.iloc[1][list(expected)].to_dict() == expected
+    assert math.isnan(over_range.gap.iloc[3])  # other prompts: not compared at all
+    assert list(at_kl.columns) == ["run", "method", "kl", "gap", "low", "high", "verdict"]
+    reached = [("higher", 1.0), ("higher", 3.0), ("lower", 1.0), ("lower", 3.0), ("same", 1.0)]  # "same" stops at 2
+    assert list(zip(at_kl.run, at_kl.kl)) == reached
+    row = difference_at(runs["ref"], runs["lower"], [3.0], draws=200)[0]
+    assert at_kl.iloc[3][["kl", "gap", "low", "high"]].to_dict() == row
+    assert list(at_kl.verdict) == ["ref lower", "ref lower", "ref higher", "ref higher", "no difference"]
+
+
+def test_paired_comparisons_with_no_comparable_run():
+    base = np.linspace(0.2, 0.8, 16)
+    runs = {"ref": trajectory(base, 0.0, [0, 1]), "other_prompts": trajectory(base[:4], 0.0, [0, 1])}
+    over_range, at_kl = paired_comparisons(runs, "ref", {"other_prompts": "ppo"}, [0.5], draws=50)
+    assert list(over_range.verdict) == ["no overlap in KL"] and len(at_kl) == 0 and "verdict" in at_kl

@@ -1,0 +1,195 @@
+"""The figure notebooks' tables and the text of figures/README.md (notebooks 08 and 10): what the
+figures show, read back from finished result files only, and the record of what made them.
+
+    trajectories(...)             every run's evaluations per prompt (`imdb.trajectory`), by run
+    with_intervals(frame, ...)    the frontier's points with their 95% intervals over prompts
+    final_points(frame)           the last evaluation of every run (every N for Best-of-N)
+    ppo_against_target(final)     PPO's final KL against its target
+    loop_shares(...)              looping completions at each trained run's last evaluation
+    frontier_readme(...)          figures/README.md as notebook 08 writes it
+    held_out_texts(prefs)         the held-out prefixes with their reviews' own continuations, as text
+    win_rates_over_training(...)  Fig. 3 (right): each DPO run's win rate at each evaluation
+    win_rate_section(...)         notebook 10's section of figures/README.md
+    with_section(path, section)   the README with that section replaced (or appended)
+"""
+
+import datetime
+from pathlib import Path
+
+import pandas as pd
+from transformers import AutoTokenizer
+
+from dpo_core import imdb, judges, results, stats
+
+FINAL_COLUMNS = ["method", "setting", "run", "step", "kl", "kl_sampled", "reward", "reward_low", "reward_high",
+                 "completion_tokens", "distinct_2", "reference_nll"]
+PPO_COLUMNS = ["run", "target", "step", "kl", "kl_over_target", "within_25%", "reward"]
+LOOP_COLUMNS = ["run", "method", "step", "loops", "reward_loops", "reward_rest", "reference_nll"]
+WIN_RATE_MARK = "<!-- win rates: written by notebooks/10_fig_win_rates.ipynb -->"
+
+
+def trajectories(results_root, profile, frame):
+    """{run: `imdb.trajectory`} for every run of `frame` (`results.load_metrics` of notebooks 04, 06
+    and 07): the per-prompt rewards and KLs that intervals and paired comparisons resample. Best-of-N
+    (notebook 07) by N, every trained run by step."""
+    return {run: imdb.trajectory(results.run_dir(results_root, profile, notebook, run),
+                                 "setting" if notebook == "07_imdb_best_of_n" else "step")
+            for notebook, run in frame[["notebook", "run"]].drop_duplicates().itertuples(index=False)}
+
+
+def with_intervals(frame, trajectories, draws):
+    """`frame` with each point's 95% bootstrap interval over prompts (`stats.point_intervals`) as
+    reward_low and reward_high, matched on run and point (Best-of-N: its N; else the step)."""
+    frame = frame.assign(point=frame.setting.where(frame.method == "best_of_n", frame.step))
+    return frame.merge(stats.point_intervals(trajectories, draws), on=["run", "point"], how="left")
+
+
+def final_points(frame):
+    """The last evaluation of every run and every N of Best-of-N (which trains nothing: each N is its
+    own final point), sorted by method and setting, in FINAL_COLUMNS: the numbers behind the README."""
+    final = frame.sort_values("step").groupby("run").tail(1)
+    final = pd.concat([final[final.method != "best_of_n"], frame[frame.method == "best_of_n"]])
+    return final.sort_values(["method", "setting"])[FINAL_COLUMNS]
+
+
+def ppo_against_target(final):
+    """Does PPO's KL controller reach its target? Each PPO and PPO-GT run's final KL over its target
+    KL (its setting), and whether that is within 25% of 1. Columns PPO_COLUMNS."""
+    ppo = final[final.method.isin(["ppo", "ppo_gt"])].assign(target=lambda f: f.setting,
+                                                              kl_over_target=lambda f: f.kl / f.setting)
+    ppo["within_25%"] = (ppo.kl_over_target - 1).abs() <= 0.25
+    return ppo[PPO_COLUMNS]
+
+
+def loop_shares(results_root, profile, frame):
+    """`imdb.loop_share` at the last evaluation of every trained run of `frame` (Best-of-N trains
+    nothing): is a reward gain sentiment, or degenerate text the classifier likes? Columns LOOP_COLUMNS."""
+    trained = frame[frame.method != "best_of_n"][["notebook", "run"]].drop_duplicates()
+    rows = []
+    for notebook, run in trained.itertuples(index=False):
+        last = imdb.loop_share(results.run_dir(results_root, profile, notebook, run)).tail(1)
+        method = frame[frame.run == run].method.iloc[0]
+        rows += [{"run": run, "method": method, "step": step, **row} for step, row in last.to_dict("index").items()]
+    return pd.DataFrame(rows)
+
+
+def _table(frame, columns, empty):
+    """`frame`'s rows as a markdown table of `columns`, or the sentence `empty` when it has none."""
+    return results.markdown_table(frame.to_dict("records"), columns) if len(frame) else empty
+
+
+def frontier_readme(fig_name, profile, n_prompts, draws, unfinished, stages, final, *, reference_reward,
+                    reference_loops, loops, ppo, reference_run, comparisons, at_kl, compare_at_kl):
+    """figures/README.md as notebook 08 writes it: what made Fig. 2 (left) (profile, commit, date,
+    how the points and intervals are computed, the runs left out, each stage's wall time from
+    `stages`, (notebook, run, seconds)) and its numbers: the final points (`final_points`), pi_ref's
+    reward and loop share, `loop_shares`, `ppo_against_target` and `stats.paired_comparisons`'
+    two tables of `reference_run` against every other run."""
+    stage_rows = [{"notebook": n, "run": r, "minutes": s / 60} for n, r, s in stages]
+    return f"""# figures/
+
+Regenerated by `notebooks/08_fig_reward_kl_frontier.ipynb`; do not edit by hand.
+
+## {fig_name}.png / .pdf: Fig. 2 (left), reward vs KL on IMDb sentiment
+
+- profile: `{profile}`; commit: `{results.git_commit()}`; made {datetime.date.today().isoformat()}
+- every point: mean gold reward and exact sequence-level KL(pi || pi_ref) over {n_prompts} held-out prefixes,
+  fresh pure samples with one sampling seed, bars: 95% bootstrap interval over prompts ({draws} draws);
+  Best-of-N's KL is the analytic bound log N - (N-1)/N
+- unfinished runs left out of the figure: {", ".join(unfinished) or "none"}
+
+Wall time of each stage (papermill's record of each run):
+
+{results.markdown_table(stage_rows, ["notebook", "run", "minutes"])}
+
+Total: {sum(s for _, _, s in stages) / 60:.1f} minutes.
+
+Final point of every run:
+
+{results.markdown_table(final.to_dict("records"), FINAL_COLUMNS)}
+
+pi_ref's point (step 0, shared by every trained run): reward {reference_reward:.3f}. \
+completion_tokens, distinct_2 (share of
+distinct bigrams) and reference_nll (pi_ref's per-token NLL of the samples) say whether a gain is sentiment or gaming.
+
+Looping completions at each run's last evaluation (under 80% of their bigrams distinct, \
+e.g. ". . . ."; pi_ref: {reference_loops:.3f}),
+the gold reward of those and of the rest:
+
+{results.markdown_table(loops.to_dict("records"), LOOP_COLUMNS)}
+
+PPO against its target KL (the issue: within 25%):
+
+{_table(ppo, PPO_COLUMNS, "(no PPO runs)")}
+
+Paired comparisons: `{reference_run}`'s reward minus each run's at matched KL (mean over the shared KL range),
+95% bootstrap interval over the same prompts:
+
+{_table(comparisons, ["run", "method", "gap", "low", "high", "kl_low", "kl_high", "verdict"], "(no other runs)")}
+
+The same gap point by point, at each KL of {compare_at_kl} that both runs reach:
+
+{_table(at_kl, ["run", "method", "kl", "gap", "low", "high", "verdict"], "(no shared KLs)")}
+"""
+
+
+def held_out_texts(prefs):
+    """Each held-out prefix with its review's own continuation (`imdb.preferences`' test_prompts and
+    test_references), decoded as text by pi_ref's tokenizer: what win rates judge a policy against.
+    Only the tokenizer is loaded; no model runs."""
+    tokenizer = AutoTokenizer.from_pretrained(prefs.sft_dir / "model")
+    return imdb.prefixed_texts(tokenizer, prefs.test_prompts, prefs.test_references)
+
+
+def win_rates_over_training(results_root, profile, dpo_runs, judge, references):
+    """Fig. 3 (right): the win rate (`judges.win_rate`) of each DPO run at each of its evaluations, from
+    the samples it already drew there (temperature 1, one per test prompt, in samples.jsonl), judged
+    against `references`. One line per beta: the seed-0 DPO runs of `dpo_runs` (notebook 04's
+    `results.load_metrics`). Returns a DataFrame: method, setting (beta), step and the win-rate columns."""
+    first_seed = dpo_runs[(dpo_runs.method == "dpo") & (dpo_runs.seed == 0)]
+    rows = []
+    for run, beta in first_seed.groupby("run").setting.first().items():
+        run_dir = results.run_dir(results_root, profile, "04_imdb_dpo_and_baselines", run)
+        for step, group in pd.read_json(run_dir / "samples.jsonl", lines=True).groupby("step"):
+            if len(group) != len(references):
+                raise ValueError(f"{run}: {len(group)} samples at step {step}, expected one per test prompt")
+            verdicts = judge.judge([""] * len(group), group.text.tolist(), references)
+            rows.append({"method": "dpo", "setting": beta, "step": step, **judges.win_rate(verdicts)})
+    return pd.DataFrame(rows)
+
+
+def win_rate_section(judge_name, reference_tokens, by_temperature, by_step, unfinished, stages):
+    """Notebook 10's section of figures/README.md, headed by WIN_RATE_MARK: the judge, notebook 09's win
+    rates by temperature (`by_temperature`, one column per temperature), `win_rates_over_training`'s
+    table, the runs left out and the win-rate stages' wall time (`stages`: (notebook, run, seconds)).
+    `reference_tokens`: the longest held-out continuation, in tokens."""
+    table = by_temperature.pivot_table(index=["method", "setting"], columns="temperature", values="win_rate")
+    table = table.reset_index()
+    table.columns = [c if isinstance(c, str) else f"T={c:g}" for c in table.columns]
+    return f"""{WIN_RATE_MARK}
+
+## winrate_temperature.png / .pdf and winrate_steps.png / .pdf: Fig. 2 (right) and Fig. 3 (right), on IMDb
+
+- judge: `{judge_name}`: the gold sentiment classifier picks the more positive of (prefix + completion) and
+  (prefix + the held-out review's own next {reference_tokens} tokens at most);
+  ties count half; {int(by_temperature.n.max())} held-out prompts; error bars are binomial standard errors
+- the paper's judge is GPT-4 on TL;DR summaries; this offline stand-in judges sentiment only
+- unfinished runs left out: {", ".join(unfinished) or "none"}
+
+Win rate against the reviews' own continuations, by sampling temperature:
+
+{results.markdown_table(table.to_dict("records"), list(table.columns))}
+
+DPO win rate over training (temperature 1, the evaluations' samples):
+
+{results.markdown_table(by_step.to_dict("records"), ["setting", "step", "win_rate", "stderr", "n_tie"])}
+
+Wall time of the win-rate stages: {sum(s for _, _, s in stages) / 60:.1f} minutes over {len(stages)} runs.
+"""
+
+
+def with_section(path, section):
+    """The text of the README at `path` (or a bare "# figures/" heading if there is none yet) with
+    everything from WIN_RATE_MARK on replaced by `section`: notebook 08 writes the rest of the file."""
+    previous = Path(path).read_text() if Path(path).exists() else "# figures/\n"
+    return previous.split(WIN_RATE_MARK)[0].rstrip() + "\n\n" + section

@@ -1,0 +1,174 @@
+"""The figure notebooks' tables and README text, on hand-made runs with known answers."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpo_core import report, results
+from dpo_core.stats import mean_interval
+from dpo_core.tiny import byte_tokenizer
+
+
+def write_samples(root, notebook, run, rows):
+    """A finished-looking run directory under root/p holding only samples.jsonl."""
+    path = results.run_dir(root, "p", notebook, run)
+    results.save_jsonl(path / "samples.jsonl", rows)
+    return path
+
+
+def test_trajectories_by_step_and_best_of_n_by_n(tmp_path):
+    write_samples(tmp_path, "04_imdb_dpo_and_baselines", "dpo", [
+        {"step": s, "kl": s / 10, "reward": r} for s in (10, 0) for r in (0.2, 0.4)])
+    write_samples(tmp_path, "07_imdb_best_of_n", "main", [{"setting": n, "reward": 0.5} for n in (4, 4, 1, 1)])
+    frame = pd.DataFrame({"notebook": ["04_imdb_dpo_and_baselines"] * 2 + ["07_imdb_best_of_n"],
+                          "run": ["dpo", "dpo", "main"]})
+    runs = report.trajectories(tmp_path, "p", frame)
+    assert list(runs) == ["dpo", "main"]
+    assert list(runs["dpo"]["step"]) == [0, 10] and runs["dpo"]["kl"].tolist() == [[0, 0], [1, 1]]
+    assert list(runs["main"]["setting"]) == [1, 4]
+    np.testing.assert_allclose(runs["main"]["kl"][1], math.log(4) - 3 / 4)  # Best-of-N: the analytic bound
+
+
+def test_with_intervals_matches_each_point_by_step_or_by_n():
+    rng = np.random.default_rng(0)
+    runs = {"dpo": {"step": np.array([0, 10]), "reward": rng.uniform(size=(2, 20))},
+            "main": {"setting": np.array([1, 4]), "reward": rng.uniform(size=(2, 20))}}
+    frame = pd.DataFrame({"run": ["dpo", "dpo", "main", "main"], "method": ["dpo", "dpo", "best_of_n", "best_of_n"],
+                          "step": [10, 0, 0, 0], "setting": [0.1, 0.1, 4.0, 1.0]})
+    out = report.with_intervals(frame, runs, 200)
+    for row, (run, i) in zip(out.itertuples(), [("dpo", 1), ("dpo", 0), ("main", 1), ("main", 0)]):
+        _, low, high = mean_interval(runs[run]["reward"][i], 200)
+        assert (row.reward_low, row.reward_high) == (low, high)
+
+
+def point(method, setting, run, step, kl=0.0, reward=0.5):
+    return {"method": method, "setting": setting, "run": run, "step": step, "kl": kl, "kl_sampled": kl,
+            "reward": reward, "reward_low": reward - 0.1, "reward_high": reward + 0.1, "completion_tokens": 8.0,
+            "distinct_2": 1.0, "reference_nll": 5.0, "notebook": "x", "point": step}
+
+
+def test_final_points_last_step_of_each_run_and_every_n():
+    frame = pd.DataFrame([point("dpo", 0.1, "dpo", 10), point("dpo", 0.1, "dpo", 20, 2.0), point("dpo", 0.1, "dpo", 0),
+                          point("ppo", 6.0, "ppo", 5, 5.0), point("ppo", 6.0, "ppo", 0),
+                          point("best_of_n", 4.0, "main", 0), point("best_of_n", 1.0, "main", 0)])
+    final = report.final_points(frame)
+    assert list(final.columns) == report.FINAL_COLUMNS
+    assert list(zip(final.method, final.setting, final.step)) == [("best_of_n", 1.0, 0), ("best_of_n", 4.0, 0),
+                                                                  ("dpo", 0.1, 20), ("ppo", 6.0, 5)]
+    ppo = report.ppo_against_target(pd.concat([final, pd.DataFrame([point("ppo_gt", 2.0, "gt", 5, 3.0)])]))
+    assert list(ppo.columns) == report.PPO_COLUMNS and list(ppo.run) == ["ppo", "gt"]
+    assert ppo.kl_over_target.tolist() == pytest.approx([5 / 6, 1.5]) and ppo["within_25%"].tolist() == [True, False]
+
+
+def test_loop_shares_at_each_trained_runs_last_evaluation(tmp_path):
+    write_samples(tmp_path, "04_imdb_dpo_and_baselines", "dpo", [
+        {"step": 0, "distinct_2": 1.0, "reward": 0.5, "reference_nll": 4.0},
+        {"step": 10, "distinct_2": 0.3, "reward": 0.9, "reference_nll": 1.0},  # a loop
+        {"step": 10, "distinct_2": 0.9, "reward": 0.6, "reference_nll": 3.0}])
+    frame = pd.DataFrame({"notebook": ["04_imdb_dpo_and_baselines", "07_imdb_best_of_n"], "run": ["dpo", "main"],
+                          "method": ["dpo", "best_of_n"]})  # Best-of-N has no samples to read: left out
+    loops = report.loop_shares(tmp_path, "p", frame)
+    assert list(loops.columns) == report.LOOP_COLUMNS
+    assert loops.iloc[0].to_dict() == pytest.approx({"run": "dpo", "method": "dpo", "step": 10, "loops": 0.5,
+                                                     "reward_loops": 0.9, "reward_rest": 0.6, "reference_nll": 2.0})
+
+
+def frontier_text(ppo, at_kl):
+    final = pd.DataFrame([point("dpo", 0.1, "dpo_beta-0.1", 10, 1.5, 0.75)])[report.FINAL_COLUMNS]
+    loops = pd.DataFrame([{"run": "dpo_beta-0.1", "method": "dpo", "step": 10, "loops": 0.25, "reward_loops": 0.9,
+                           "reward_rest": 0.7, "reference_nll": 3.0}])
+    comparisons = pd.DataFrame([{"run": "ipo", "method": "ipo", "gap": 0.05, "low": 0.01, "high": 0.09, "kl_low": 0.0,
+                                 "kl_high": 2.0, "p_below_zero": 0.0, "verdict": "dpo_beta-0.1 higher"}])
+    stages = [("02_imdb_sft", "main", 30.0), ("04_x", "a", 60.0)]
+    return report.frontier_readme("fig", "cpu", 64, 500, ["04_x/b"], stages,
+                                  final, reference_reward=0.5, reference_loops=0.125, loops=loops, ppo=ppo,
+                                  reference_run="dpo_beta-0.1", comparisons=comparisons, at_kl=at_kl,
+                                  compare_at_kl=[1.0, 2.0])
+
+
+def test_frontier_readme_holds_the_tables_rows():
+    ppo = pd.DataFrame([{"run": "ppo", "target": 6.0, "step": 5, "kl": 5.0, "kl_over_target": 5 / 6, "within_25%": True,
+                         "reward": 0.6}])
+    at_kl = pd.DataFrame([{"run": "ipo", "method": "ipo", "kl": 1.0, "gap": 0.02, "low": -0.01, "high": 0.05,
+                           "verdict": "no difference"}])
+    text = frontier_text(ppo, at_kl)
+    assert text.startswith("# figures/\n\nRegenerated by `notebooks/08_fig_reward_kl_frontier.ipynb`")
+    for line in ["## fig.png / .pdf: Fig. 2 (left), reward vs KL on IMDb sentiment",
+                 "over 64 held-out prefixes,", "over prompts (500 draws);",
+                 "- unfinished runs left out of the figure: 04_x/b",
+                 "| 02_imdb_sft | main | 0.500 |", "| 04_x | a | 1.000 |", "Total: 1.5 minutes.",
+                 "| dpo | 0.100 | dpo_beta-0.1 | 10 | 1.500 | 1.500 | 0.750 | 0.650 | 0.850 | 8.000 | 1.000 | 5.000 |",
+                 "reward 0.500. completion_tokens, distinct_2 (share of\n", 'e.g. ". . . ."; pi_ref: 0.125),\n',
+                 "| dpo_beta-0.1 | dpo | 10 | 0.250 | 0.900 | 0.700 | 3.000 |",
+                 "| ppo | 6.000 | 5 | 5.000 | 0.833 | True | 0.600 |",
+                 "Paired comparisons: `dpo_beta-0.1`'s reward minus",
+                 "| ipo | ipo | 0.050 | 0.010 | 0.090 | 0.000 | 2.000 | dpo_beta-0.1 higher |",
+                 "at each KL of [1.0, 2.0] that both runs reach:",
+                 "| ipo | ipo | 1.000 | 0.020 | -0.010 | 0.050 | no difference |"]:
+        assert line in text, line
+    assert "p_below_zero" not in text
+    empty = frontier_text(pd.DataFrame(), pd.DataFrame())
+    assert "(no PPO runs)" in empty and "(no shared KLs)" in empty and "(no other runs)" not in empty
+
+
+def test_win_rate_section_and_its_splice_into_the_readme(tmp_path):
+    by_temperature = pd.DataFrame({"method": ["dpo", "dpo", "sft", "sft"], "setting": [0.1, 0.1, 0.0, 0.0],
+                                   "temperature": [0.0, 1.0, 0.0, 1.0], "win_rate": [0.25, 0.75, 0.5, 0.125],
+                                   "n": [4, 4, 4, 4]})
+    by_step = pd.DataFrame({"method": ["dpo"], "setting": [0.1], "step": [10], "win_rate": [0.5], "stderr": [0.1],
+                            "n_tie": [1]})
+    section = report.win_rate_section("gold-reward", 8, by_temperature, by_step, ["09_x/a"],
+                                      [("09_imdb_win_rates", "a", 60.0), ("10_fig_win_rates", "main", 120.0)])
+    assert section.startswith(report.WIN_RATE_MARK + "\n\n## winrate_temperature.png")
+    for line in ["- judge: `gold-reward`:", "own next 8 tokens at most);", "ties count half; 4 held-out prompts;",
+                 "- unfinished runs left out: 09_x/a", "| method | setting | T=0 | T=1 |",
+                 "| dpo | 0.100 | 0.250 | 0.750 |",
+                 "| sft | 0.000 | 0.500 | 0.125 |", "| setting | step | win_rate | stderr | n_tie |",
+                 "| 0.100 | 10 | 0.500 | 0.100 | 1 |", "3.0 minutes over 2 runs."]:
+        assert line in section, line
+    readme = tmp_path / "README.md"
+    assert report.with_section(readme, section) == "# figures/\n\n" + section  # no README yet
+    readme.write_text("# figures/\n\nthe frontier\n\n" + report.WIN_RATE_MARK + "\n\nan old section\n")
+    assert report.with_section(readme, section) == "# figures/\n\nthe frontier\n\n" + section
+    readme.write_text("# figures/\n\nthe frontier\n")
+    assert report.with_section(readme, section) == "# figures/\n\nthe frontier\n\n" + section
+
+
+class FirstWordJudge:
+    """Wins on "good", ties on "meh", else loses; records what it was asked."""
+
+    def __init__(self):
+        self.calls = []
+
+    def judge(self, contexts, candidates, references):
+        self.calls.append((contexts, candidates, references))
+        return ["win" if c == "good" else "tie" if c == "meh" else "loss" for c in candidates]
+
+
+def test_win_rates_over_training_judge_each_step_of_each_seed_0_dpo_run(tmp_path):
+    notebook = "04_imdb_dpo_and_baselines"
+    write_samples(tmp_path, notebook, "dpo_beta-0.1", [{"step": s, "text": t} for s, t in
+                                                        [(0, "good"), (0, "bad"), (10, "meh"), (10, "good")]])
+    write_samples(tmp_path, notebook, "dpo_beta-0.5_seed-1", [{"step": 0, "text": "bad"}] * 2)
+    dpo_runs = pd.DataFrame({"run": ["dpo_beta-0.1", "dpo_beta-0.1", "dpo_beta-0.5_seed-1", "ipo"],
+                             "method": ["dpo", "dpo", "dpo", "ipo"], "seed": [0, 0, 1, 0],
+                             "setting": [0.1, 0.1, 0.5, 0.1]})
+    judge = FirstWordJudge()
+    table = report.win_rates_over_training(tmp_path, "p", dpo_runs, judge, ["ref a", "ref b"])
+    assert table[["method", "setting", "step", "win_rate", "n_tie"]].to_dict("records") == [
+        {"method": "dpo", "setting": 0.1, "step": 0, "win_rate": 0.5, "n_tie": 0},
+        {"method": "dpo", "setting": 0.1, "step": 10, "win_rate": 0.75, "n_tie": 1}]
+    assert judge.calls[1] == (["", ""], ["meh", "good"], ["ref a", "ref b"])
+    with pytest.raises(ValueError, match="one per test prompt"):
+        report.win_rates_over_training(tmp_path, "p", dpo_runs, judge, ["ref a"])
+
+
+def test_held_out_texts_decode_prefix_and_continuation(tmp_path):
+    tokenizer = byte_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "model")
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("A great", " film.", "Dull", " plot")]
+    prefs = SimpleNamespace(sft_dir=tmp_path, test_prompts=[ids[0], ids[2]], test_references=[ids[1], ids[3]])
+    assert report.held_out_texts(prefs) == ["A great film.", "Dull plot"]
