@@ -10,6 +10,7 @@ it, and the one evaluation every policy of the frontier gets.
     trajectory(run_dir)       a run's evaluations per prompt, for intervals and paired comparisons
     sample_pool(...)          K pure samples per prompt with their texts (notebooks 03, 07)
     reference_samples(...)    pi_ref's distinct samples in the pairs (PPO's reward normalisation)
+    ppo_reward(...)           PPO's score: the learned or the gold reward, normalised on those samples
     policy_texts(...)         one text per test prompt at a temperature (win rates, notebook 09)
 """
 
@@ -26,7 +27,8 @@ from dpo_core import results
 from dpo_core.data import make_pair
 from dpo_core.evaluate import best_of_n_kl_bound, evaluate_policy
 from dpo_core.precision import autocast, autocast_state
-from dpo_core.reward import ScalarRewardModel, tie_rate
+from dpo_core.ppo import normalized
+from dpo_core.reward import ScalarRewardModel, id_scorer, text_scorer, tie_rate
 from dpo_core.sampling import best_of_n, sample
 
 
@@ -159,6 +161,20 @@ def reference_samples(pairs, n):
     seen = list(dict.fromkeys((tuple(row["prompt_ids"]), tuple(row[side])) for row in pairs
                               for side in ("chosen_ids", "rejected_ids")))[:n]
     return [list(p) for p, _ in seen], [list(c) for _, c in seen]
+
+
+def ppo_reward(method, prefs, tokenizer, gold, n_samples, results_root, profile, reward_model_run):
+    """PPO's training signal, score(prompts, completions) -> (B,): notebook 05's learned reward model
+    (method "ppo") or the gold reward ("ppo_gt"), rescaled to mean 0 and variance 1 over pi_ref's own
+    samples (the first `n_samples` distinct ones in the pairs, `reference_samples`; `ppo.normalized`).
+    Returns (score, the raw scores of those samples)."""
+    if method == "ppo":
+        reward_model = load_reward_model(results_root, profile, reward_model_run, prefs.sft_dir)
+        raw = id_scorer(reward_model, tokenizer.pad_token_id)
+    else:
+        raw = text_scorer(gold, tokenizer)
+    reference_scores = torch.as_tensor(raw(*reference_samples(prefs.pairs, n_samples)))
+    return normalized(raw, reference_scores), reference_scores
 
 
 def prefixed_texts(tokenizer, prompts, completions):

@@ -126,6 +126,11 @@ def cached_reference_logps(cache_dir, reference_model, examples, batches, make_b
     return {tuple(b): (c, r) for b, c, r in zip(unique, stored["chosen"].split(sizes), stored["rejected"].split(sizes))}
 
 
+def merged_evaluator(*evaluators):
+    """One `evaluate(step)` for `train_loop` from several, called in order: their metrics side by side."""
+    return lambda step: {name: value for evaluate in evaluators for name, value in evaluate(step).items()}
+
+
 def held_out_accuracy(policy, reference_model, examples, beta, pad_token_id, cache_dir, batch_size=16):
     """An `evaluate(step)` for `train_loop`: DPO's loss and implicit-reward accuracy (Eqs. 7, 5) of
     `policy` on held-out pairs. pi_ref's log-probs come once, in the layout the policy is scored in
