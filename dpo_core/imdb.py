@@ -26,8 +26,8 @@ import torch
 from dpo_core import results
 from dpo_core.data import make_pair
 from dpo_core.evaluate import best_of_n_kl_bound, evaluate_policy
-from dpo_core.precision import autocast, autocast_state
 from dpo_core.ppo import normalized
+from dpo_core.precision import autocast, autocast_state
 from dpo_core.reward import ScalarRewardModel, id_scorer, text_scorer, tie_rate
 from dpo_core.sampling import best_of_n, sample
 
