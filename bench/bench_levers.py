@@ -274,7 +274,8 @@ def lever_threads(model_name, reps, prompt_tokens, completion_tokens):
 
 def lever_math_attention(model_name, reps, prompt_tokens, completion_tokens):
     """bf16 autocast, both paths: on an AMX Xeon the flash-attention backward took a fifth of the bf16
-    step (torch.profiler), 10 ms per layer at 40 tokens. Reports the log-prob difference as well."""
+    step (torch.profiler), 10 ms per layer at 40 tokens. Reports the log-prob difference as well, and
+    each kernel's distance from the fp32 log-probs (mean and max over the sequences, in nats)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from dpo_core import precision as precisions
@@ -286,10 +287,16 @@ def lever_math_attention(model_name, reps, prompt_tokens, completion_tokens):
         with sdpa_kernel(SDPBackend.MATH):
             return concatenated_forward(m, b)
 
+    with torch.no_grad():
+        fp32 = torch.cat(concatenated_forward(model, batch))  # the oracle both bf16 kernels are held to
     with precisions.autocast("bf16"):
         with torch.no_grad():
             reference = concatenated_forward(model, batch)
-        return compare_steps(model, reference, reps, (concatenated_forward, batch), (math_forward, batch))
+            off = {name: (torch.cat(forward(model, batch)) - fp32).abs()
+                   for name, forward in (("flash", concatenated_forward), ("math", math_forward))}
+        result = compare_steps(model, reference, reps, (concatenated_forward, batch), (math_forward, batch))
+    return {**result, **{f"{name}_vs_fp32_{stat}": getattr(d, stat)().item() for name, d in off.items()
+                         for stat in ("mean", "max")}}
 
 
 MALLOC = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456:"
