@@ -1,5 +1,6 @@
 """Evaluation for the reward-KL frontier (Fig. 2 left): sequence-level KL(pi || pi_ref)
-on fresh samples of held-out prompts, and the mean gold reward.
+on fresh samples of held-out prompts, and the mean gold reward; also held-out preference accuracy,
+SFT's held-out NLL and Best-of-N's points.
 
 Footnote 3 of the paper defines the sequence-level KL as the sum of the per-timestep KL
 divergences. Two estimates are computed on the same samples y ~ pi(.|x):
@@ -145,8 +146,9 @@ def best_of_n_kl_bound(n):
 
 @torch.no_grad()
 def held_out_nll(model, chunks):
-    """Mean next-token NLL per token of equal-length held-out chunks (every token real), in eval
-    mode: the check that SFT moved pi_ref toward the corpus (notebook 02)."""
+    """Mean next-token NLL per token of equal-length held-out chunks (every token real): the check
+    that SFT moved pi_ref toward the corpus (notebook 02). Puts the model in eval mode and leaves it
+    there; the ids go to the model's device."""
     ids = torch.tensor(chunks).to(next(model.parameters()).device)  # (N, T)
     return model.eval()(input_ids=ids, labels=ids).loss.item()
 

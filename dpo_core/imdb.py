@@ -8,10 +8,13 @@ it, and the one evaluation every policy of the frontier gets.
     frontier_evaluator(...)   evaluate(step) for `train.train_loop`: one frontier point, samples kept;
                               step 0 (pi = pi_ref) computed once and shared by every run
     trajectory(run_dir)       a run's evaluations per prompt, for intervals and paired comparisons
+    loop_share(run_dir)       looping completions per evaluation: sentiment or gaming?
     sample_pool(...)          K pure samples per prompt with their texts (notebooks 03, 07)
+    continuations(...)        each held-out review's own next tokens: what win rates judge against
+    preference_metrics(...)   notebook 03's summary of its pairs
     reference_samples(...)    pi_ref's distinct samples in the pairs (PPO's reward normalisation)
-    ppo_reward(...)           PPO's score: the learned or the gold reward, normalised on those samples
-    policy_texts(...)         one text per test prompt at a temperature (win rates, notebook 09)
+    normalized_on_pi_ref(...) a score rescaled on those samples (PPO's training signal)
+    prefixed_texts(...)       prefix + completion as the gold judge reads it
 """
 
 import json
@@ -27,9 +30,9 @@ from dpo_core import results
 from dpo_core.data import make_pair
 from dpo_core.evaluate import best_of_n_kl_bound, evaluate_policy
 from dpo_core.ppo import normalized
-from dpo_core.precision import autocast, autocast_state
-from dpo_core.reward import ScalarRewardModel, id_scorer, text_scorer, tie_rate
-from dpo_core.sampling import best_of_n, sample
+from dpo_core.precision import autocast_state
+from dpo_core.reward import ScalarRewardModel, tie_rate
+from dpo_core.sampling import sample
 
 
 def preferences(results_root, profile, run="main"):
@@ -163,29 +166,14 @@ def reference_samples(pairs, n):
     return [list(p) for p, _ in seen], [list(c) for _, c in seen]
 
 
-def ppo_reward(method, prefs, tokenizer, gold, n_samples, results_root, profile, reward_model_run):
-    """PPO's training signal, score(prompts, completions) -> (B,): notebook 05's learned reward model
-    (method "ppo") or the gold reward ("ppo_gt"), rescaled to mean 0 and variance 1 over pi_ref's own
-    samples (the first `n_samples` distinct ones in the pairs, `reference_samples`; `ppo.normalized`).
-    Returns (score, the raw scores of those samples)."""
-    if method == "ppo":
-        reward_model = load_reward_model(results_root, profile, reward_model_run, prefs.sft_dir)
-        raw = id_scorer(reward_model, tokenizer.pad_token_id)
-    else:
-        raw = text_scorer(gold, tokenizer)
-    reference_scores = torch.as_tensor(raw(*reference_samples(prefs.pairs, n_samples)))
-    return normalized(raw, reference_scores), reference_scores
+def normalized_on_pi_ref(score, pairs, n):
+    """PPO's training signal: `score(prompts, completions)` rescaled to mean 0 and variance 1 over pi_ref's
+    own samples (the first `n` distinct ones in the pairs, `reference_samples`; `ppo.normalized`).
+    Returns (the normalised score, the raw scores of those samples)."""
+    reference_scores = torch.as_tensor(score(*reference_samples(pairs, n)))
+    return normalized(score, reference_scores), reference_scores
 
 
 def prefixed_texts(tokenizer, prompts, completions):
     """prefix + completion as text, special tokens dropped: what the gold judge reads."""
     return [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
-
-
-def policy_texts(model, prompts, tokenizer, max_new_tokens, temperature, seed, matmuls, n=1, score=None):
-    """One completion per prompt at `temperature` (Best-of-N with n > 1: `score`'s pick of n), with its
-    prefix, as text. The sampling seed is the same for every policy and temperature."""
-    with autocast(matmuls):
-        completions = best_of_n(model, prompts, n, score, max_new_tokens, temperature, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id, torch.Generator().manual_seed(seed))
-    return prefixed_texts(tokenizer, prompts, completions)

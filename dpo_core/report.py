@@ -40,8 +40,10 @@ def trajectories(results_root, profile, frame):
 def with_intervals(frame, trajectories, draws):
     """`frame` with each point's 95% bootstrap interval over prompts (`stats.point_intervals`) as
     reward_low and reward_high, matched on run and point (Best-of-N: its N; else the step)."""
-    frame = frame.assign(point=frame.setting.where(frame.method == "best_of_n", frame.step))
-    return frame.merge(stats.point_intervals(trajectories, draws), on=["run", "point"], how="left")
+    points = frame.assign(point=frame.setting.where(frame.method == "best_of_n", frame.step))
+    merged = points.merge(stats.point_intervals(trajectories, draws), on=["run", "point"], how="left")
+    merged.attrs = dict(frame.attrs)  # the unfinished runs' list: pandas' merge drops attrs
+    return merged
 
 
 def final_points(frame):

@@ -13,7 +13,7 @@ serves both, so what the prompts share cancels.
                                              range, with its paired bootstrap interval
     difference_at(a, b, kls, ...)            the same gap at each given KL, with its paired interval
     point_intervals(trajectories, ...)       every evaluation's interval, for the figure's error bars
-    verdict(gap, low, high, name)            a paired gap in words: no difference, higher or lower
+    verdict(gap, low, high, name, paired)    a paired gap in words: no difference, higher or lower
     paired_comparisons(trajectories, ...)    one run against every other: both gaps, with verdicts
 """
 
@@ -129,9 +129,12 @@ def point_intervals(trajectories, draws=2000, seed=0, level=0.95):
     return pd.DataFrame(rows)
 
 
-def verdict(gap, low, high, name):
-    """A paired gap of run `name` over another, in words: "no overlap in KL" (no gap to measure),
-    "no difference" (the interval holds 0), else "`name` higher" or "`name` lower"."""
+def verdict(gap, low, high, name, paired=True):
+    """A paired gap of run `name` over another, in words: "not paired: different prompts" (the runs
+    were evaluated on different prompts), "no overlap in KL" (no gap to measure), "no difference" (the
+    interval holds 0), else "`name` higher" or "`name` lower"."""
+    if not paired:
+        return "not paired: different prompts"
     if pd.isna(gap):
         return "no overlap in KL"
     if low <= 0 <= high:
@@ -158,12 +161,12 @@ def paired_comparisons(trajectories, reference, methods, kls, draws=2000, seed=0
             continue
         same_prompts = t["kl"].shape[1] == ref["kl"].shape[1]
         result = matched_difference(ref, t, draws, seed) if same_prompts else {"gap": float("nan")}
-        rows.append({"run": run, "method": methods[run], **result})
+        rows.append({"run": run, "method": methods[run], **result, "paired": same_prompts})
     at_kl = pd.DataFrame([{"run": c["run"], "method": c["method"], **row} for c in rows if not pd.isna(c["gap"])
                           for row in difference_at(ref, trajectories[c["run"]], kls, draws, seed)
                           if not pd.isna(row["gap"])], columns=["run", "method", "kl", "gap", "low", "high"])
     over_range = pd.DataFrame(rows)
     for table in (over_range, at_kl):  # no low or high column when no pair shares its prompts
-        table["verdict"] = [verdict(r.gap, getattr(r, "low", None), getattr(r, "high", None), reference)
-                            for r in table.itertuples()]
-    return over_range, at_kl
+        table["verdict"] = [verdict(r.gap, getattr(r, "low", None), getattr(r, "high", None), reference,
+                                    getattr(r, "paired", True)) for r in table.itertuples()]
+    return over_range.drop(columns="paired"), at_kl

@@ -22,13 +22,11 @@ the reference one (notebooks 11 and 12).
 import random
 
 import datasets
-import torch
 
 from dpo_core.assets import hub_source
 from dpo_core.data import encode_pair, encode_prompt, require_columns
 from dpo_core.judges import sweep_policies
-from dpo_core.precision import autocast
-from dpo_core.sampling import best_of_n
+from dpo_core.sampling import sample_texts
 
 TLDR_MARK = "TL;DR:"
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -165,23 +163,12 @@ def load_rows(source, split, limit=0):
     return rows.select(range(min(limit, len(rows)))) if limit > 0 else rows
 
 
-def sampled_texts(model, tokenizer, prompts, temperature, max_new_tokens, seed, matmuls, device="cpu", n=1,
-                  score=None):
-    """One response per prompt (ids) at `temperature`, decoded without special tokens (Best-of-N with
-    n > 1: `score`'s pick of n). Sampling runs at the `matmuls` precision, with one seed for every
-    policy and temperature."""
-    with autocast(matmuls, device):
-        completions = best_of_n(model, prompts, n, score, max_new_tokens, temperature, tokenizer.eos_token_id,
-                                tokenizer.pad_token_id, torch.Generator().manual_seed(seed))
-    return [tokenizer.decode(c, skip_special_tokens=True) for c in completions]
-
-
 def win_rates(policies, prompts, references, tokenizer, judge, temperatures, max_new_tokens, seed, matmuls,
               device="cpu", strip=False):
     """Fig. 2 (right) and Fig. 3 (left): every policy's win rate against `references` at every temperature.
 
     Each text prompt is encoded as in training (`data.encode_prompt`) and shown to the judge as its
-    `judge_context`; each policy answers with `sampled_texts` (one seed for all), stripped of outer
+    `judge_context`; each policy answers with `sampling.sample_texts` (one seed for all), stripped of outer
     whitespace when `strip`, and `judges.sweep_policies` asks the judge.
 
     Args:
@@ -194,8 +181,8 @@ def win_rates(policies, prompts, references, tokenizer, judge, temperatures, max
 
     def generate(model, n=1, score=None):
         def texts(temperature):
-            out = sampled_texts(model.eval(), tokenizer, ids, temperature, max_new_tokens, seed, matmuls, device, n,
-                                score)
+            out = sample_texts(model.eval(), tokenizer, ids, temperature, max_new_tokens, seed, matmuls, device, n,
+                               score)
             return [t.strip() for t in out] if strip else out
         return texts
 

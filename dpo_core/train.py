@@ -337,7 +337,7 @@ def length_bucketed(batches, lengths, seed, window=16):
 
 
 def training_batches(n_pairs, batch_size, n_steps, seed, lengths=None):
-    """The index batch of every step of `train_on_pairs`, a pure function of its arguments (resume
+    """The index batch of every step of `train_loop` (and `fit_offline`), a pure function of its arguments (resume
     and `reference_logps_by_batch` rely on that): seeded shuffles (`pair_batches`), bucketed by
     length when `lengths` are given (`length_bucketed`)."""
     batches = pair_batches(n_pairs, batch_size, n_steps, seed)

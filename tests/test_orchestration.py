@@ -3,17 +3,19 @@ or comprehension a notebook used to hold) or a hand computation."""
 
 import copy
 import math
+from types import SimpleNamespace
 
 import datasets
+import pandas as pd
 import pytest
 import torch
 from learned import PAIRS
 
-from dpo_core import evaluate, imdb, judges, methods, models, plotting, tasks, train
+from dpo_core import evaluate, imdb, judges, methods, models, plotting, report, results, sampling, tasks, train
 from dpo_core.checkpoint import Checkpoint
 from dpo_core.data import collate_pairs, encode_pair, lm_chunks
 from dpo_core.notebook import ParameterError, check_offline_method, check_parameters
-from dpo_core.reward import id_scorer, text_scorer
+from dpo_core.reward import ScalarRewardModel, id_scorer, text_scorer
 from dpo_core.sampling import sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 
@@ -50,19 +52,19 @@ def test_sft_stepper_is_one_sft_step_on_the_chunks(tok):
     assert metrics == {"loss": loss} and same_parameters(model, twin)
 
 
-def test_held_out_nll_is_the_mean_token_cross_entropy(tok):
+def test_held_out_nll_is_the_mean_token_cross_entropy_in_eval_mode(tok):
     chunks = lm_chunks(tok, ["a held-out review, read once before and once after training"], 6)
-    model = tiny_gpt2(seed=1).train()
+    model = tiny_gpt2(seed=1)
     ids = torch.tensor(chunks)
     with torch.no_grad():
         logits = model.eval()(input_ids=ids).logits[:, :-1]  # (N, T-1, V)
     by_hand = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).mean().item()
+    model.train()
     assert evaluate.held_out_nll(model, chunks) == pytest.approx(by_hand, rel=1e-5)
+    assert not model.training
 
 
 def test_reward_model_stepper_steps_the_schedule(tok):
-    from dpo_core.reward import ScalarRewardModel
-
     examples = pair_examples(tok)
     model = ScalarRewardModel(tiny_gpt2(seed=0))
     twin = copy.deepcopy(model)
@@ -85,21 +87,30 @@ def test_fit_offline_equals_a_naive_loop_of_preference_steps(tok, tmp_path, name
     batches = train.training_batches(len(examples), 3, 4, seed=0)
     method = methods.get(name)
 
+    options = {"label_smoothing": 0.1} if name == "dpo" else {}  # cDPO: the method's extra argument reaches the loss
     optimizer, schedule = train.rmsprop_with_warmup(policy.parameters(), 1e-3, 2)
-    log, _ = train.fit_offline(policy, reference, examples, method, 0.1, optimizer, schedule, batches,
-                               train.pair_batch_maker(examples, tok.pad_token_id), cache_dir=tmp_path)
+    evaluated = []
+    checkpoint = Checkpoint(tmp_path / "c.pt", policy, optimizer, schedule, params={"name": name}, every=2)
 
+    def fit():
+        return train.fit_offline(policy, reference, examples, method, 0.1, optimizer, schedule, batches,
+                                 train.pair_batch_maker(examples, tok.pad_token_id), cache_dir=tmp_path,
+                                 checkpoint=checkpoint, evaluate=lambda step: {"n": evaluated.append(step) or 1.0},
+                                 eval_at=(0, 4), **options)
+
+    log, eval_rows = fit()
     naive_optimizer, naive_schedule = train.rmsprop_with_warmup(naive.parameters(), 1e-3, 2)
     naive_log = []
     for indices in batches:
         batch = collate_pairs([examples[i] for i in indices], tok.pad_token_id)
         ref = train.reference_logps(reference, batch) if method.uses_reference else (None, None)
-        naive_log.append(train.preference_step(naive, naive_optimizer, batch, method, 0.1, ref))
+        naive_log.append(train.preference_step(naive, naive_optimizer, batch, method, 0.1, ref, **options))
         naive_schedule.step()
     assert [{k: v for k, v in row.items() if k != "step"} for row in log] == naive_log
     assert same_parameters(policy, naive)
-    if name == "dpo":
-        assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert evaluated == [0, 4] and [r["step"] for r in eval_rows] == [0, 4]
+    assert fit() == (log, eval_rows) and evaluated == [0, 4]  # a finished run resumes to its end: nothing reruns
+    assert same_parameters(policy, naive)
 
 
 def test_best_of_n_points_pick_the_learned_best_of_the_first_n_and_score_it_by_gold():
@@ -147,12 +158,27 @@ def test_imdb_pair_helpers_against_hand_computed_values(tok):
     assert metrics["completion_tokens_mean"] == 2 and metrics["reward_mean"] == pytest.approx(1.3 / 3)
 
 
-def test_policy_texts_are_the_samplers_completions_after_their_prefix(tok):
+def test_sample_texts_are_the_samplers_completions_with_or_without_their_prefix(tok):
     model = tiny_gpt2(seed=0).eval()
     prompts = [tok("Once", add_special_tokens=False)["input_ids"], tok("It", add_special_tokens=False)["input_ids"]]
-    texts = imdb.policy_texts(model, prompts, tok, 5, 1.0, seed=11, matmuls="fp32")
     completions = sample(model, prompts, 5, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(11))
+    texts = sampling.sample_texts(model, tok, prompts, 1.0, 5, seed=11, matmuls="fp32", with_prompt=True)
     assert texts == [tok.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
+    assert sampling.sample_texts(model, tok, prompts, 1.0, 5, 11, "fp32") == [tok.decode(c) for c in completions]
+
+
+def test_sample_texts_best_of_n_returns_the_scorers_pick(tok):
+    model = tiny_gpt2(seed=0).eval()
+    prompts = [tok("Once", add_special_tokens=False)["input_ids"], tok("It", add_special_tokens=False)["input_ids"]]
+    pool = sample(model, [p for p in prompts for _ in range(3)], 6, 1.0, tok.eos_token_id, tok.pad_token_id,
+                  torch.Generator().manual_seed(2))
+
+    def longest_text(prompts, completions):  # a scorer whose pick can be read off the pool
+        return torch.tensor([float(len(tok.decode(c))) for c in completions])
+
+    picks = [max(pool[3 * i : 3 * i + 3], key=lambda c: len(tok.decode(c))) for i in range(2)]
+    texts = sampling.sample_texts(model, tok, prompts, 1.0, 6, 2, "fp32", n=3, score=longest_text)
+    assert texts == [tok.decode(c, skip_special_tokens=True) for c in picks]
 
 
 def test_load_rows_limit_keeps_the_first_rows():
@@ -167,7 +193,8 @@ class LengthJudge:
     name = "length"
 
     def judge(self, contexts, candidates, references):
-        return ["win" if len(c) > len(r) else "tie" if len(c) == len(r) else "loss" for c, r in zip(candidates, references)]
+        return ["win" if len(c) > len(r) else "tie" if len(c) == len(r) else "loss"
+                for c, r in zip(candidates, references)]
 
 
 def test_sweep_policies_tags_samples_and_keeps_each_policys_rows():
@@ -192,6 +219,52 @@ def test_task_win_rates_judge_each_policys_sampled_responses(tok):
     assert [s["candidate"] for s in samples] == by_hand
     assert [s["context"] for s in samples] == ["Hi there", "Tell me more"]
     assert len(rows) == 1 and rows[0]["n_win"] + rows[0]["n_tie"] + rows[0]["n_loss"] == 2
+
+
+def test_sample_pool_is_k_samples_per_prompt_prompt_major(tok):
+    model = tiny_gpt2(seed=0).eval()
+    prompts = [tok("Once", add_special_tokens=False)["input_ids"], tok("It", add_special_tokens=False)["input_ids"]]
+    repeated, completions, texts = imdb.sample_pool(model, prompts, 2, tok, 4, seed=9)
+    assert repeated == [prompts[0], prompts[0], prompts[1], prompts[1]]
+    assert completions == sample(model, repeated, 4, 1.0, tok.eos_token_id, tok.pad_token_id,
+                                 torch.Generator().manual_seed(9))
+    assert texts == imdb.prefixed_texts(tok, repeated, completions)
+
+
+def test_normalized_on_pi_ref_has_mean_0_and_variance_1_on_pi_refs_samples():
+    pairs = [{"prompt_ids": [1], "chosen_ids": [2, 2], "rejected_ids": [3]},
+             {"prompt_ids": [4], "chosen_ids": [5, 5, 5], "rejected_ids": [2, 2]}]
+
+    def length(prompts, completions):
+        return torch.tensor([float(len(p) + len(c)) for p, c in zip(prompts, completions)])
+
+    score, raw = imdb.normalized_on_pi_ref(length, pairs, 10)
+    assert raw.tolist() == [3.0, 2.0, 4.0, 3.0]  # the four distinct samples, first seen first
+    normal = score([[1], [1], [4], [4]], [[2, 2], [3], [5, 5, 5], [2, 2]])
+    assert normal.mean().item() == pytest.approx(0, abs=1e-6) and normal.std().item() == pytest.approx(1)
+
+
+def test_policy_and_reference_are_two_copies_and_only_the_reference_is_frozen(tmp_path, tok):
+    results.save_model(tiny_gpt2(seed=4), tok, tmp_path / "model")
+    policy, reference, _ = imdb.policy_and_reference(SimpleNamespace(sft_dir=tmp_path))
+    assert policy is not reference and same_parameters(policy, reference)
+    assert all(p.requires_grad for p in policy.parameters())
+    assert not any(p.requires_grad for p in reference.parameters())
+
+
+def test_merged_evaluator_calls_each_in_order_and_joins_their_metrics():
+    calls = []
+    merged = train.merged_evaluator(lambda s: calls.append("a") or {"x": s},
+                                    lambda s: calls.append("b") or {"y": 2 * s})
+    assert merged(3) == {"x": 3, "y": 6} and calls == ["a", "b"]
+
+
+def test_with_intervals_keeps_the_unfinished_runs_list():
+    frame = pd.DataFrame([{"run": "r", "method": "dpo", "setting": 0.1, "step": 0}])
+    frame.attrs["unfinished"] = ["04/x"]
+    trajectory = {"r": {"step": [0], "reward": torch.rand(1, 8).numpy(), "kl": torch.zeros(1, 8).numpy()}}
+    merged = report.with_intervals(frame, trajectory, 100)
+    assert merged.attrs["unfinished"] == ["04/x"] and {"reward_low", "reward_high"} <= set(merged.columns)
 
 
 def test_checkpoint_ignores_only_parameters_that_cannot_change_the_state(tmp_path):
@@ -234,8 +307,6 @@ def test_trainable_follows_train_top_layers():
 
 
 def test_win_rate_figure_writes_png_and_pdf(tmp_path):
-    import pandas as pd
-
     frame = pd.DataFrame([{"method": "dpo", "setting": 0.1, "temperature": t, "win_rate": 0.5, "stderr": 0.1}
                           for t in (0.0, 1.0)])
     paths = plotting.win_rate_figure(frame, "temperature", "title", tmp_path, "wr")

@@ -115,6 +115,7 @@ def test_point_intervals_are_mean_interval_of_each_point():
 
 def test_verdict_rules_on_hand_made_gaps():
     assert verdict(float("nan"), None, None, "ref") == "no overlap in KL"
+    assert verdict(float("nan"), None, None, "ref", paired=False) == "not paired: different prompts"
     assert verdict(0.1, -0.01, 0.2, "ref") == "no difference"
     assert verdict(0.0, 0.0, 0.0, "ref") == "no difference"  # an interval that touches 0 holds it
     assert verdict(0.1, 0.05, 0.2, "ref") == "ref higher"
@@ -132,7 +133,7 @@ def test_paired_comparisons_are_matched_difference_and_difference_at_with_verdic
     over_range, at_kl = paired_comparisons(runs, "ref", methods, [1.0, 3.0], draws=200)
     assert list(over_range.run) == ["higher", "lower", "same", "other_prompts"]
     assert list(over_range.method) == ["ipo", "ppo", "dpo", "best_of_n"]
-    assert list(over_range.verdict) == ["ref lower", "ref higher", "no difference", "no overlap in KL"]
+    assert list(over_range.verdict) == ["ref lower", "ref higher", "no difference", "not paired: different prompts"]
     expected = matched_difference(runs["ref"], runs["lower"], draws=200)
     assert over_range.iloc[1][list(expected)].to_dict() == expected
     assert math.isnan(over_range.gap.iloc[3])  # other prompts: not compared at all
@@ -148,4 +149,5 @@ def test_paired_comparisons_with_no_comparable_run():
     base = np.linspace(0.2, 0.8, 16)
     runs = {"ref": trajectory(base, 0.0, [0, 1]), "other_prompts": trajectory(base[:4], 0.0, [0, 1])}
     over_range, at_kl = paired_comparisons(runs, "ref", {"other_prompts": "ppo"}, [0.5], draws=50)
-    assert list(over_range.verdict) == ["no overlap in KL"] and len(at_kl) == 0 and "verdict" in at_kl
+    assert list(over_range.verdict) == ["not paired: different prompts"] and len(at_kl) == 0 and "verdict" in at_kl
+    assert "paired" not in over_range
