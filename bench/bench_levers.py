@@ -379,6 +379,9 @@ def render(record):
             diff = f"{r['max_logp_difference']:.1e}" if "max_logp_difference" in r else "n/a (same computation)"
             if "gumbel" in r:
                 diff = f"n/a (same distribution); per draw of {r['rows']} x {r['vocab']}; Gumbel-max {r['gumbel']:.4f} s"
+            if "flash_vs_fp32_mean" in r:
+                diff += (f"; from fp32: flash {r['flash_vs_fp32_mean']:.2f} mean / {r['flash_vs_fp32_max']:.2f} max, "
+                         f"math {r['math_vs_fp32_mean']:.2f} / {r['math_vs_fp32_max']:.2f}")
             if "padding_share_plain" in r:
                 diff = f"n/a; padding {r['padding_share_plain']:.0%} -> {r['padding_share_lever']:.0%} of tokens"
             memory = (f"{r['plain_peak_rss_mb']:.0f} -> {r['lever_peak_rss_mb']:.0f}" if "plain_peak_rss_mb" in r
