@@ -88,9 +88,10 @@ def interleaved(variants, reps, warmup=1):
 def compare_steps(model, reference, reps, plain, lever):
     """`plain` and `lever`: (forward, batch). Their largest log-prob difference, and the DPO step
     of each timed interleaved; SGD with lr 0, so every repetition sees the same weights."""
+    from dpo_core.models import trainable
     from dpo_core.train import dpo_step
 
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    optimizer = torch.optim.SGD(trainable(model), lr=0.0)
     with torch.no_grad():
         same = max((a - b).abs().max().item() for a, b in zip(plain[0](model, plain[1]), lever[0](model, lever[1])))
 

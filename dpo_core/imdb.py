@@ -138,8 +138,7 @@ def sample_pool(model, prompts, k, tokenizer, max_new_tokens, seed):
     repeated = [p for p in prompts for _ in range(k)]
     completions = sample(model, repeated, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed))
-    texts = [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(repeated, completions)]
-    return repeated, completions, texts
+    return repeated, completions, prefixed_texts(tokenizer, repeated, completions)
 
 
 def continuations(tokenizer, texts, prompts, n_tokens):
