@@ -3,16 +3,21 @@
 Each measurement runs in its own child process (so peak RSS is its own) on the same model,
 the same preference pairs, the same batch and sequence lengths, after warm-up. Jobs ending in
 -bf16 run the matmuls in bf16 autocast (dpo_core) or with TRL's `bf16=True`; the rest in fp32.
+Every job gets the model as dpo_core loads it, attention computed in fp32 (`models.attention_in_fp32`),
+TRL and `model.generate` included, so both sides run the same model; jobs ending in -sdpa load it with
+transformers' stock SDPA attention instead (bf16 attention under autocast), as a TRL user gets it.
 
     dpo-core[-bf16]         one DPO step of dpo_core (full model, reference log-probs precomputed,
                             fused AdamW: the optimizer transformers gives TRL by default)
     dpo-core-lean[-bf16]    the same with the LM head on completion positions only, in blocks
                             (`completion_only=True`: no (B, T, V) logits, less memory)
     dpo-core-lean-gc[-bf16] dpo-core-lean with gradient checkpointing, as TRL's default has it
+    dpo-core-bf16-sdpa      dpo-core-bf16 with stock SDPA attention (what fp32 attention gains)
     dpo-core-lean-bf16-compiled  dpo-core-lean-bf16 with torch.compile (inductor) on the base model
     trl-default, trl-bf16   TRL's DPOTrainer at its defaults (gradient checkpointing on), fp32 / bf16
     trl-bf16-no-gc          TRL bf16 without gradient checkpointing
     trl-fast, trl-bf16-fast TRL without gradient checkpointing, reference log-probs precomputed
+    trl-bf16-fast-sdpa      trl-bf16-fast with stock SDPA attention
     sample-core[-bf16]      dpo_core.sampling.sample, pure sampling, new tokens/s
     sample-core-bf16-compiled  the same with torch.compile on the model's forward (the decode step)
     sample-generate[-bf16]  model.generate(do_sample=True, top_k=0, top_p=1), the same prompts
@@ -72,10 +77,14 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
-def load(model_name):
+def load(model_name, sdpa=False):
+    """The model as dpo_core loads it (attention in fp32 on CPU, `models.attention_in_fp32`), or with
+    transformers' stock SDPA attention (`sdpa=True`), as a TRL user gets it."""
     from dpo_core import assets
 
     model, tokenizer = assets.load_policy(model_name)
+    if sdpa:
+        model.set_attn_implementation("sdpa")
     return model, tokenizer
 
 
@@ -101,14 +110,15 @@ def step_stats(times, tokens, n_params):
             "tokens_per_s": tokens / median, "gflops": 6 * n_params * tokens / median / 1e9}
 
 
-def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False, precision="fp32", compiled=False):
+def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False, precision="fp32", compiled=False,
+                   sdpa=False):
     from dpo_core import precision as precisions
     from dpo_core.data import collate_pairs, make_pair
     from dpo_core.logprobs import concatenated_forward
     from dpo_core.models import disable_dropout
     from dpo_core.train import dpo_step, reference_logps
 
-    model, tok = load(model_name)
+    model, tok = load(model_name, sdpa)
     disable_dropout(model).train()
     if checkpointing:  # recompute each block's activations in the backward instead of keeping them
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -128,12 +138,12 @@ def bench_dpo_core(model_name, steps, warmup, lean=False, checkpointing=False, p
             "first_step_s": times[0], "train_peak_rss_mb": peak_rss_mb()}
 
 
-def bench_trl(model_name, steps, warmup, fast, bf16=False, checkpointing=None):
+def bench_trl(model_name, steps, warmup, fast, bf16=False, checkpointing=None, sdpa=False):
     import datasets
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    model, tok = load(model_name)
+    model, tok = load(model_name, sdpa)
     pairs = make_pairs(tok, PAIRS * (warmup + steps))
     data = datasets.Dataset.from_list([{"prompt": tok.decode(p), "chosen": tok.decode(c), "rejected": tok.decode(r)}
                                        for p, c, r in pairs])
@@ -182,7 +192,9 @@ def bench_sampling(model_name, method, new_tokens=32, n_prompts=64, precision="f
         temperature = 0 if method == "decode-bound" else 1.0
         run = lambda: sample(model, prompts, new_tokens, temperature=temperature, pad_token_id=tok.pad_token_id,
                              generator=g)
-    with torch.inference_mode(), precisions.autocast(precision), precisions.weights_fixed():
+    # no_grad, not inference_mode: under inference_mode autocast's weight cache stays empty, so every
+    # decode step recast every weight (copies took 43% of a bf16 sampling run)
+    with torch.no_grad(), precisions.autocast(precision), precisions.weights_fixed():
         first = _timed(run)  # warm-up (and compilation, where compiled)
         times = [_timed(run) for _ in range(3)]
     return {"seconds_median": statistics.median(times), "first_s": first,
@@ -245,6 +257,7 @@ JOBS = {
     "dpo-core-lean-bf16": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, precision="bf16"),
     "dpo-core-lean-gc-bf16": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, checkpointing=True,
                                                       precision="bf16"),
+    "dpo-core-bf16-sdpa": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, precision="bf16", sdpa=True),
     "dpo-core-lean-bf16-compiled": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True, precision="bf16",
                                                             compiled=True),
     "trl-default": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False),
@@ -252,6 +265,7 @@ JOBS = {
     "trl-bf16": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False, bf16=True),
     "trl-bf16-no-gc": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=False, bf16=True, checkpointing=False),
     "trl-bf16-fast": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True, bf16=True),
+    "trl-bf16-fast-sdpa": lambda a: bench_trl(a.model, a.steps, a.warmup, fast=True, bf16=True, sdpa=True),
     "sample-core": lambda a: bench_sampling(a.model, "core"),
     "sample-core-bf16": lambda a: bench_sampling(a.model, "core", precision="bf16"),
     "sample-core-bf16-compiled": lambda a: bench_sampling(a.model, "core", precision="bf16", compiled=True),

@@ -44,6 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from dpo_core.data import require_columns
+from dpo_core.models import attention_in_fp32
 from dpo_core.results import atomic
 from dpo_core.reward import SentimentReward, tiny_classifier
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
@@ -212,9 +213,9 @@ def prepare_smollm2():
 def load_policy(name):
     """(model, tokenizer) for `tiny`, `smollm2-135m` or `hub:<id>`, fp32, eval mode."""
     if name == "tiny":
-        return tiny_gpt2(), byte_tokenizer()
+        return attention_in_fp32(tiny_gpt2()), byte_tokenizer()
     source = prepared_source("model", name, "smollm2-135m", smollm2_dir())
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval()
+    model = attention_in_fp32(AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval())
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; padding is masked by label anyway

@@ -22,6 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dpo_core.models import attention_in_fp32
+
 
 def repo_root():
     """The repository root: the nearest parent of the working directory holding this
@@ -158,7 +160,8 @@ def load_model(path):
     """(model, tokenizer) saved by `save_model`, fp32, eval mode."""
     if not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"no finished model in {path}; run the notebook that writes it first")
-    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval(), AutoTokenizer.from_pretrained(path)
+    model = attention_in_fp32(AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval())
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def read_params(path):

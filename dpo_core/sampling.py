@@ -9,7 +9,11 @@ Sampling draws by inverse CDF (one uniform per row, `searchsorted` on the cumula
 probabilities): exact, and on CPU faster than `torch.multinomial` or Gumbel-max.
 """
 
+import inspect
+
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from dpo_core import progress
 from dpo_core.precision import autocast, weights_fixed
@@ -20,7 +24,8 @@ def draw(logits, temperature, generator=None):
     (B, V) -> (B,)."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    scaled = logits.float() if temperature == 1 else logits.float() / temperature  # x / 1 == x: skip the pass
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
     cdf = probs.cumsum(-1)
     # uniforms drawn on the CPU generator whatever the model's device: the same seed gives the
     # same random numbers on CPU and GPU (common random numbers across checkpoints and methods)
@@ -41,9 +46,20 @@ def left_pad(prompts, pad_token_id):
     return input_ids, mask, position_ids
 
 
+# positions (rows x (prompt + completion)) per decode batch, at most MAX_DECODE_ROWS rows: bigger
+# batches feed the matmuls better (SmolLM2, bf16, 256 prompts: 64 rows 730 new tokens/s, 256 rows 1,100)
+DECODE_POSITIONS, MAX_DECODE_ROWS = 16_384, 256
+
+
+def decode_batch_size(prompts, max_new_tokens):
+    """Rows per decode batch: as many as DECODE_POSITIONS allows for the longest prompt, at most
+    MAX_DECODE_ROWS (256 IMDb prompts of 8 tokens at once; 25 TL;DR posts of 512)."""
+    return max(1, min(MAX_DECODE_ROWS, DECODE_POSITIONS // (max(map(len, prompts)) + max_new_tokens)))
+
+
 @torch.no_grad()
 def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, pad_token_id=0,
-           generator=None, batch_size=64):
+           generator=None, batch_size=None):
     """Sample one completion per prompt.
 
     Args:
@@ -52,11 +68,13 @@ def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, p
         temperature: 1.0 is pure sampling (the paper's setting for pairs and KL), 0 is greedy.
         eos_token_id: a completion stops after it (the EOS is kept, so it gets scored).
         generator: a torch.Generator, for common random numbers across policies.
+        batch_size: prompts decoded together; default `decode_batch_size`.
     Returns:
         list of completions (lists of ids), aligned with `prompts`.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    batch_size = batch_size or decode_batch_size(prompts, max_new_tokens)
     out = []
     with progress.bar(len(prompts), "sampling", enabled=len(prompts) > batch_size, leave=False) as bar:
         for start in range(0, len(prompts), batch_size):
@@ -72,9 +90,46 @@ def _sample_batch(model, prompts, max_new_tokens, temperature, eos_token_id, pad
         return _decode(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator, device)
 
 
+class _PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer that holds its keys and values in buffers sized once for prompt + completion
+    and writes each step's states into them. The default layer concatenates, copying the whole
+    cache at every step and layer: 15% of a bf16 sampling run on SmolLM2. Same values, same views
+    of them for attention. (B, H, T, D) states."""
+
+    def __init__(self, capacity):
+        super().__init__()
+        self.capacity = capacity
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            shape = (*key_states.shape[:2], self.capacity, key_states.shape[-1])
+            self._keys, self._values = key_states.new_empty(shape), value_states.new_empty(shape)
+            self.length = 0
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache of {self.capacity} positions is full")
+        self._keys[:, :, self.length : end] = key_states
+        self._values[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+
+def preallocated_cache(model, capacity):
+    """A DynamicCache whose layers write into preallocated buffers (`_PreallocatedLayer`); the
+    default cache where the model's layers are not all plain ones (sliding windows)."""
+    cache = DynamicCache(config=model.config)
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cache.layers = [_PreallocatedLayer(capacity) for _ in cache.layers]
+    return cache
+
+
 def _decode(model, prompts, max_new_tokens, temperature, eos_token_id, pad_token_id, generator, device):
     input_ids, mask, position_ids = (x.to(device) for x in left_pad(prompts, pad_token_id))
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                past_key_values=preallocated_cache(model, input_ids.shape[1] + max_new_tokens), **last_only)
     past, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
     next_position = position_ids[:, -1] + 1  # (B,)
     tokens, done = [], torch.zeros(len(prompts), dtype=torch.bool, device=device)

@@ -8,7 +8,8 @@ import torch
 
 from dpo_core.data import preference_pairs
 from dpo_core.evaluate import completion_batch, kl_from_logits, sequence_kl
-from dpo_core.sampling import draw, sample
+from dpo_core import precision, sampling
+from dpo_core.sampling import decode_batch_size, draw, sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 
 PROMPTS = ["The film", "I", "Honestly, the acting was"]
@@ -26,6 +27,29 @@ def test_greedy_sampling_equals_generate_and_does_not_depend_on_the_batch():
         alone = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=256,
                                eos_token_id=None)
         assert completion == alone[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("matmuls", ["fp32", "bf16"])
+def test_the_preallocated_kv_cache_samples_what_the_concatenating_cache_samples(matmuls, monkeypatch):
+    from transformers import DynamicCache
+
+    model, tok = tiny_gpt2(seed=2), byte_tokenizer()
+    prompts = encoded(tok) * 3  # ragged: left padding in play
+
+    def run():
+        with precision.autocast(matmuls):
+            return sample(model, prompts, 10, pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
+                          batch_size=4)
+
+    preallocated = run()
+    monkeypatch.setattr(sampling, "preallocated_cache", lambda m, capacity: DynamicCache(config=m.config))
+    assert run() == preallocated
+
+
+def test_decode_batches_fill_a_position_budget():
+    assert decode_batch_size([[1] * 8] * 500, 48) == 256  # IMDb: the row cap
+    assert decode_batch_size([[1] * 8, [1] * 512], 128) == 16_384 // 640  # the longest prompt decides
+    assert decode_batch_size([[1] * 40_000], 10) == 1
 
 
 def test_draw_follows_the_softmax():
