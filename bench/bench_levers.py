@@ -16,8 +16,9 @@ interleaved (A, B, A, B, ...) so that a busy or throttled machine slows both ali
     fused-adamw         AdamW's fused CPU kernel (what transformers gives TRL) against its default loop;
                         full-model step, real updates (lr 1e-6)
     threads             torch.set_num_threads(1) against the default
-    math-attention-bf16 in bf16 autocast: PyTorch's math attention backend (`sdpa_kernel(SDPBackend.MATH)`)
-                        against its default (the flash kernel on CPU); full-model DPO step
+    fp32-attention-bf16 in bf16 autocast: attention in fp32 (`models.attention_in_fp32`, the loaders'
+                        default) against transformers' stock SDPA (bf16 flash attention on CPU); full-model
+                        DPO step (an earlier run's math-attention-bf16 row tried PyTorch's math backend)
     malloc              glibc malloc tunables (no extra package) against the default: own processes
 
 Usage: python bench/bench_levers.py --model smollm2-135m --reps 5   (writes bench/LEVERS.md)
@@ -273,29 +274,37 @@ def lever_threads(model_name, reps, prompt_tokens, completion_tokens):
             "default_threads": default}
 
 
-def lever_math_attention(model_name, reps, prompt_tokens, completion_tokens):
-    """bf16 autocast, both paths: on an AMX Xeon the flash-attention backward took a fifth of the bf16
-    step (torch.profiler), 10 ms per layer at 40 tokens. Reports the log-prob difference as well, and
-    each kernel's distance from the fp32 log-probs (mean and max over the sequences, in nats)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+def lever_fp32_attention(model_name, reps, prompt_tokens, completion_tokens):
+    """bf16 autocast, both paths: transformers' stock SDPA attention (bf16 under autocast; the flash
+    kernel on CPU, whose backward took a fifth of a bf16 step on an AMX Xeon) against attention in
+    fp32 (`models.attention_in_fp32`, what dpo_core's loaders give). Also each one's distance from
+    the fp32 log-probs over 32 pairs (64 sequences; mean and max, nats): an earlier version ranked
+    kernels by 16 sequences, too few to tell them apart."""
     from dpo_core import precision as precisions
     from dpo_core.logprobs import concatenated_forward
+    from dpo_core.models import FP32_ATTENTION
 
-    model, _, batch, _ = setup(model_name, prompt_tokens, completion_tokens)
+    def with_attention(name):
+        def forward(m, b):
+            m.set_attn_implementation(name)
+            try:
+                return concatenated_forward(m, b)
+            finally:
+                m.set_attn_implementation(FP32_ATTENTION)
+        return forward
 
-    def math_forward(m, b):
-        with sdpa_kernel(SDPBackend.MATH):
-            return concatenated_forward(m, b)
-
+    sdpa, fp32_attention = with_attention("sdpa"), with_attention(FP32_ATTENTION)
+    model, _, wide, _ = setup(model_name, prompt_tokens, completion_tokens, pairs=32)
     with torch.no_grad():
-        fp32 = torch.cat(concatenated_forward(model, batch))  # the oracle both bf16 kernels are held to
+        fp32 = torch.cat(concatenated_forward(model, wide))  # the oracle (in fp32 the two attentions are one)
+        with precisions.autocast("bf16"):
+            off = {name: (torch.cat(forward(model, wide)) - fp32).abs()
+                   for name, forward in (("sdpa", sdpa), ("fp32_attention", fp32_attention))}
+    model, _, batch, _ = setup(model_name, prompt_tokens, completion_tokens)
     with precisions.autocast("bf16"):
         with torch.no_grad():
-            reference = concatenated_forward(model, batch)
-            off = {name: (torch.cat(forward(model, batch)) - fp32).abs()
-                   for name, forward in (("flash", concatenated_forward), ("math", math_forward))}
-        result = compare_steps(model, reference, reps, (concatenated_forward, batch), (math_forward, batch))
+            reference = sdpa(model, batch)
+        result = compare_steps(model, reference, reps, (sdpa, batch), (fp32_attention, batch))
     return {**result, **{f"{name}_vs_fp32_{stat}": getattr(d, stat)().item() for name, d in off.items()
                          for stat in ("mean", "max")}}
 
@@ -353,7 +362,7 @@ def main():
             "reference-cached": lambda: lever_reference(*shape),
             "fused-adamw": lambda: lever_fused_adamw(*shape),
             "threads": lambda: lever_threads(*shape),
-            "math-attention-bf16": lambda: lever_math_attention(*shape),
+            "fp32-attention-bf16": lambda: lever_fp32_attention(*shape),
             "malloc": lambda: lever_malloc(args)}
     results = {}
     for name in args.levers.split(","):
@@ -380,9 +389,13 @@ def render(record):
             diff = f"{r['max_logp_difference']:.1e}" if "max_logp_difference" in r else "n/a (same computation)"
             if "gumbel" in r:
                 diff = f"n/a (same distribution); per draw of {r['rows']} x {r['vocab']}; Gumbel-max {r['gumbel']:.4f} s"
-            if "flash_vs_fp32_mean" in r:
+            if "flash_vs_fp32_mean" in r:  # the math-attention lever of an earlier run
                 diff += (f"; from fp32: flash {r['flash_vs_fp32_mean']:.2f} mean / {r['flash_vs_fp32_max']:.2f} max, "
                          f"math {r['math_vs_fp32_mean']:.2f} / {r['math_vs_fp32_max']:.2f}")
+            if "sdpa_vs_fp32_mean" in r:
+                diff += (f"; from fp32 (64 sequences): bf16 SDPA {r['sdpa_vs_fp32_mean']:.2f} mean / "
+                         f"{r['sdpa_vs_fp32_max']:.2f} max, fp32 attention {r['fp32_attention_vs_fp32_mean']:.2f} / "
+                         f"{r['fp32_attention_vs_fp32_max']:.2f}")
             if "padding_share_plain" in r:
                 diff = f"n/a; padding {r['padding_share_plain']:.0%} -> {r['padding_share_lever']:.0%} of tokens"
             memory = (f"{r['plain_peak_rss_mb']:.0f} -> {r['lever_peak_rss_mb']:.0f}" if "plain_peak_rss_mb" in r

@@ -101,6 +101,33 @@ def test_low_precision_logits_are_reduced_in_fp32(dtype):
     assert in_low_precision.dtype == dtype
 
 
+def test_sequence_logps_gradient_is_the_log_softmax_gradient():
+    """The backward is written out (onehot - softmax); autograd through a plain log_softmax + gather
+    in float64 is the reference, masked positions included (their gradient is zero)."""
+    logits, labels = toy_batch()
+    weights = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)  # a different upstream gradient per sequence
+    x = logits.double().requires_grad_()
+    (sequence_logps(x, labels) * weights).sum().backward()
+    y = logits.double().requires_grad_()
+    shifted = labels[:, 1:]
+    mask = shifted != -100
+    naive = torch.log_softmax(y[:, :-1], -1).gather(-1, shifted.clamp(min=0)[..., None]).squeeze(-1) * mask
+    (naive.sum(-1) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=0, atol=1e-12)
+    assert x.grad[:, -1].abs().max() == 0 and x.grad[1, :3].abs().max() == 0  # no label scored there
+    assert torch.autograd.gradcheck(lambda z: sequence_logps(z, labels, average=True), (logits.double().requires_grad_(),))
+
+
+def test_low_precision_logits_get_a_gradient_of_their_own_dtype():
+    logits, labels = toy_batch()
+    low = logits.bfloat16().requires_grad_()
+    sequence_logps(low, labels).sum().backward()
+    reference = low.detach().double().requires_grad_()  # the same rounded logits, float64 all through
+    sequence_logps(reference, labels).sum().backward()
+    assert low.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(low.grad.double(), reference.grad, rtol=1e-2, atol=1e-2)  # bf16 keeps 8 bits
+
+
 def test_empty_completion_is_a_clear_error():
     logits, labels = toy_batch()
     labels[2, :] = -100

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
+from dpo_core import precision, sampling
 from dpo_core.data import preference_pairs
 from dpo_core.evaluate import completion_batch, kl_from_logits, sequence_kl
-from dpo_core import precision, sampling
 from dpo_core.sampling import decode_batch_size, draw, sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 
