@@ -342,7 +342,8 @@ def main():
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--prompt-tokens", type=int, default=8)
-    parser.add_argument("--completion-tokens", type=int, default=32)
+    parser.add_argument("--completion-tokens", type=int, default=32,
+                        help="at most 32 (the reviews' completions); --prompt-tokens makes sequences longer")
     parser.add_argument("--levers", default="lm-head-scored,lm-head-scored-top,chunked-log-softmax,length-buckets,"
                                             "draw,frozen-bottom,reference-cached,fused-adamw,threads,malloc")
     parser.add_argument("--out", default=str(Path(__file__).with_name("LEVERS.json")),
@@ -350,6 +351,8 @@ def main():
     parser.add_argument("--one-step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--forward", default="full", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.completion_tokens > 32:
+        parser.error("--completion-tokens above 32 would silently stay 32; lengthen with --prompt-tokens instead")
     if args.one_step:
         return one_step(args)
     shape = (args.model, args.reps, args.prompt_tokens, args.completion_tokens)
