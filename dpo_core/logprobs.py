@@ -54,10 +54,15 @@ class _LabelLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps):  # (N,)
         x, lse, labels = ctx.saved_tensors
-        g = grad_logps[:, None].to(x.dtype)  # (N, 1)
-        grad = torch.sub(x, lse[:, None]).exp_().mul_(-g)  # -g * softmax, (N, V)
-        grad.scatter_add_(-1, labels[:, None], g)
+        grad = _onehot_minus_softmax_(torch.sub(x, lse[:, None]), labels, grad_logps[:, None].to(x.dtype))
         return grad.to(ctx.logits_dtype), None
+
+
+def _onehot_minus_softmax_(shifted, labels, g):
+    """d logp(label) / d logits scaled by g, g * (onehot(label) - softmax), formed in place in
+    `shifted` = logits - logsumexp: (N, V), (N,), (N, 1) -> (N, V). Both autograd functions here
+    use it."""
+    return shifted.exp_().mul_(-g).scatter_add_(-1, labels[:, None], g)
 
 
 def sequence_logps(logits, labels, ignore_index=-100, average=False):
@@ -111,8 +116,8 @@ class _ChunkedLabelLogps(torch.autograd.Function):
             lse[rows] = torch.logsumexp(logits, dim=-1)
             logps[rows] = logits.gather(-1, labels[rows, None]).squeeze(-1) - lse[rows]
             if grad_in_forward:  # onehot - softmax, in place, then through the head
-                onehot_minus_softmax = logits.sub_(lse[rows, None]).exp_().neg_()
-                onehot_minus_softmax.scatter_add_(-1, labels[rows, None], torch.ones_like(logps[rows, None]))
+                onehot_minus_softmax = _onehot_minus_softmax_(logits.sub_(lse[rows, None]), labels[rows],
+                                                              torch.ones_like(logps[rows, None]))
                 dlogp_dhidden[rows] = onehot_minus_softmax.to(hidden.dtype) @ weight_h
         ctx.chunk_rows, ctx.grad_in_forward = chunk_rows, grad_in_forward
         # the backward's matmuls run in the forward's precision (autograd runs them outside autocast)
@@ -142,9 +147,8 @@ class _ChunkedLabelLogps(torch.autograd.Function):
         for start in range(0, len(labels), ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
             g = grad_logps[rows, None].to(lse.dtype)  # (C, 1)
-            # d logp / d logits = onehot(label) - softmax, scaled by the incoming gradient, in place
-            grad_logits = _chunk_logits(hidden[rows], weight_h, bias).sub_(lse[rows, None]).exp_().mul_(-g)  # (C, V)
-            grad_logits.scatter_add_(-1, labels[rows, None], g)
+            shifted = _chunk_logits(hidden[rows], weight_h, bias).sub_(lse[rows, None])  # (C, V)
+            grad_logits = _onehot_minus_softmax_(shifted, labels[rows], g)
             if grad_hidden is not None:
                 grad_hidden[rows] = grad_logits.to(hidden.dtype) @ weight_h  # (C, H)
             if grad_weight is not None:

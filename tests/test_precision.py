@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 from tiny_dpo_run import TEXTS, one_run
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from dpo_core import assets, precision
 from dpo_core.data import encode_pair
@@ -184,30 +185,24 @@ def test_fp32_attention_computes_attention_in_fp32_under_bf16_autocast():
     expected = naive_causal_attention(q, k, v, scale=0.25)
     with precision.autocast("bf16"):
         out, _ = fp32_attention(module, q, k, v, None, scaling=0.25)
-        plain, _ = tiny_sdpa(module, q, k, v)
+        plain, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.25)
     assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16  # plain SDPA stays in bf16 under autocast
     # fp32 against float64: about 1e-7 here; bf16 attention is off by about 1e-2
     assert (out.double() - expected).abs().max() < 1e-5
     assert (plain.double() - expected).abs().max() > 1e-4
 
 
-def tiny_sdpa(module, q, k, v):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(module, q, k, v, None, scaling=0.25)
-
-
 def test_fp32_attention_changes_nothing_in_fp32_and_is_what_loaders_give():
     tok = byte_tokenizer()
-    plain, loaded = tiny_gpt2(seed=0), assets.load_policy("tiny")[0]
+    plain, loaded, switched = tiny_gpt2(seed=0), assets.load_policy("tiny")[0], attention_in_fp32(tiny_gpt2(seed=0))
     assert loaded.config._attn_implementation == "dpo_core_sdpa_fp32"
     assert plain.config._attn_implementation == "sdpa"
     examples = [encode_pair(tok, *t, max_length=64) for t in TEXTS]
     batch = pair_batch_maker(examples, tok.pad_token_id)(range(len(examples)))  # padded: masks in play
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(concatenated_forward(plain, batch),
-                                                     concatenated_forward(attention_in_fp32(tiny_gpt2(seed=0)), batch)))
+                                                     concatenated_forward(switched, batch)))
         with precision.autocast("bf16"):
             bf16_plain = torch.cat(concatenated_forward(plain, batch))
-            bf16_fp32_attention = torch.cat(concatenated_forward(attention_in_fp32(tiny_gpt2(seed=0)), batch))
+            bf16_fp32_attention = torch.cat(concatenated_forward(switched, batch))
     assert not torch.equal(bf16_plain, bf16_fp32_attention)  # under bf16 the switch is live
