@@ -17,7 +17,7 @@ import torch
 
 from dpo_core import progress
 from dpo_core.data import collate_pairs
-from dpo_core.logprobs import concatenated_forward, pad_right, position_ids_from_mask, sequence_logps
+from dpo_core.logprobs import concatenated_forward, pad_right, position_ids_from_mask
 from dpo_core.losses import dpo_loss
 from dpo_core.precision import weights_fixed
 from dpo_core.sampling import sample
@@ -54,26 +54,69 @@ def completion_batch(prompts, completions, pad_token_id):
     return input_ids, attention_mask, pad_right(labels, length, -100)
 
 
+def token_kl(policy_logits, reference_logits, labels):
+    """Footnote 3's two per-token terms at N scored positions, from both models' logits there:
+    (N, V), (N, V), (N,) -> sampled (N,), exact (N,), log pi_ref(label) (N,), all fp32.
+
+        sampled = log p(y_t) - log q(y_t)
+        exact   = sum_v p(v) (log p(v) - log q(v))
+
+    with log p = x - logsumexp(x) for policy logits x and log q = y - logsumexp(y). The same
+    quantities as `kl_from_logits` (its oracle in the tests) with fewer passes over the (N, V)
+    block: no log-softmax tensors, one exp, one dot product per row. Identical models give
+    exactly 0: x - y is 0 and so is the log-normalizers' difference."""
+    x, y = policy_logits.float(), reference_logits.float()  # (N, V)
+    lse_x, lse_y = torch.logsumexp(x, -1), torch.logsumexp(y, -1)  # (N,)
+    log_ratio = torch.sub(x, y).sub_((lse_x - lse_y)[:, None])  # log p - log q, (N, V)
+    p = torch.sub(x, lse_x[:, None]).exp_()  # (N, V)
+    with torch.autocast(x.device.type, enabled=False):  # autocast would take the dot product in bf16
+        exact = torch.linalg.vecdot(p, log_ratio)  # (N,)
+    index = labels[:, None]
+    sampled = log_ratio.gather(-1, index).squeeze(-1)
+    reference_logps = y.gather(-1, index).squeeze(-1) - lse_y
+    return sampled, exact, reference_logps
+
+
+def _scored_hidden(model, inputs, scored):
+    """Final hidden states (after the final norm) at the scored positions: (N, H)."""
+    hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
+    return hidden[:, :-1][scored]
+
+
 @torch.no_grad()
-def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=16, with_reference_logps=False):
+def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=64, with_reference_logps=False,
+                chunk_rows=64):
     """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,);
-    with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it."""
+    with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it.
+
+    The LM heads run on completion positions only, `chunk_rows` positions at a time (`token_kl`):
+    no (B, T, V) logits are ever held, and prompt and padding positions cost no head FLOPs. Like
+    `logprobs.forward_logps(completion_only=True)`, this needs models whose logits are their output
+    layer on the final hidden states (Llama family, GPT-2, Pythia)."""
+    device = next(policy.parameters()).device
+    heads = policy.get_output_embeddings(), reference.get_output_embeddings()
     sampled, exact, reference_logps = [], [], []
     with progress.bar(len(prompts), "KL", enabled=len(prompts) > batch_size, leave=False) as bar:
         for start in range(0, len(prompts), batch_size):
             input_ids, mask, labels = completion_batch(
                 prompts[start : start + batch_size], completions[start : start + batch_size], pad_token_id
             )
-            device = next(policy.parameters()).device
             inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
             inputs = {name: x.to(device) for name, x in inputs.items()}
+            targets = labels[:, 1:].to(device)  # position t predicts token t + 1
+            scored = targets != -100  # (B, T-1)
+            targets, rows = targets[scored], scored.nonzero(as_tuple=True)[0]  # (N,), the sequence of each
             with weights_fixed(device):
-                reference_logits = reference(**inputs).logits
-                s, e = kl_from_logits(policy(**inputs).logits, reference_logits, labels.to(device))
-            sampled.append(s.cpu())
-            exact.append(e.cpu())
-            reference_logps.append(sequence_logps(reference_logits, labels.to(device)).cpu())
-            bar.update(len(prompts[start : start + batch_size]))
+                hidden = _scored_hidden(policy, inputs, scored), _scored_hidden(reference, inputs, scored)  # (N, H)
+                per_token = [torch.cat(terms) for terms in zip(*(
+                    token_kl(heads[0](hidden[0][i : i + chunk_rows]), heads[1](hidden[1][i : i + chunk_rows]),
+                             targets[i : i + chunk_rows])
+                    for i in range(0, len(targets), chunk_rows)))]  # sampled, exact, reference log-probs, (N,)
+            s, e, r = (torch.zeros(len(input_ids), device=device).index_add_(0, rows, t).cpu() for t in per_token)
+            sampled.append(s)
+            exact.append(e)
+            reference_logps.append(r)
+            bar.update(len(input_ids))
     out = torch.cat(sampled), torch.cat(exact)
     return (*out, torch.cat(reference_logps)) if with_reference_logps else out
 
@@ -84,12 +127,15 @@ def distinct_bigrams(ids):
     return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
 
 
-def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_tokens, seed, batch_size=64):
+def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_tokens, seed, batch_size=None):
     """One point of the frontier: fresh pure samples for fixed prompts, with a fixed sampling seed
     (common random numbers across checkpoints and methods), their KL to pi_ref and gold reward.
 
     Returns (metrics, samples): metrics has kl (exact), kl_sampled, reward, completion_tokens;
     samples is a list of dicts (text, completion ids, reward, per-sample KLs).
+    batch_size: prompts decoded together; default `sampling.decode_batch_size` (256 IMDb prompts at
+    once). bf16 samples depend on it (the batch shape changes the kernels' sums), so runs that are
+    compared must use the same.
     """
     policy_was_training = policy.training
     policy.eval()

@@ -8,7 +8,8 @@ import torch
 
 from dpo_core import precision, sampling
 from dpo_core.data import preference_pairs
-from dpo_core.evaluate import completion_batch, kl_from_logits, sequence_kl
+from dpo_core.evaluate import completion_batch, kl_from_logits, sequence_kl, token_kl
+from dpo_core.logprobs import position_ids_from_mask, sequence_logps
 from dpo_core.sampling import decode_batch_size, draw, sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 
@@ -118,6 +119,40 @@ def test_kl_of_a_model_with_itself_is_zero_and_prompt_tokens_do_not_count():
     assert torch.all(kl_from_logits(policy_logits, reference_logits, labels)[1] == 0)
     s2, e2 = sequence_kl(model, tiny_gpt2(seed=5), prompts, completions, pad_token_id=256)
     assert (e2 > 0).all()
+
+
+def test_token_kl_equals_the_log_softmax_definitions_in_float64():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(7, 50, generator=g) * 4, torch.randn(7, 50, generator=g) * 4
+    labels = torch.randint(0, 50, (7,), generator=g)
+    lp, lq = torch.log_softmax(x.double(), -1), torch.log_softmax(y.double(), -1)
+    sampled, exact, reference = token_kl(x, y, labels)
+    torch.testing.assert_close(exact.double(), (lp.exp() * (lp - lq)).sum(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sampled.double(), (lp - lq)[range(7), labels], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reference.double(), lq[range(7), labels], rtol=1e-5, atol=1e-6)
+    assert torch.all(token_kl(x, x.clone(), labels)[1] == 0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 64])
+def test_sequence_kl_equals_the_full_logits_oracle(chunk_rows):
+    """The completion-only, chunked path against `kl_from_logits` and `sequence_logps` on the
+    models' full (B, T, V) logits, in fp32, with padding (uneven completions) in the batch."""
+    tok = byte_tokenizer()
+    policy, reference = tiny_gpt2(seed=4), tiny_gpt2(seed=5)
+    prompts = encoded(tok)
+    completions = [c[: 3 + 2 * i] for i, c in enumerate(
+        sample(policy, prompts, 9, generator=torch.Generator().manual_seed(0), pad_token_id=256))]
+    sampled, exact, reference_logps = sequence_kl(policy, reference, prompts, completions, 256, batch_size=2,
+                                                  with_reference_logps=True, chunk_rows=chunk_rows)
+    input_ids, mask, labels = completion_batch(prompts, completions, 256)
+    inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    with torch.no_grad():
+        policy_logits, reference_logits = policy(**inputs).logits, reference(**inputs).logits
+    oracle_sampled, oracle_exact = kl_from_logits(policy_logits, reference_logits, labels)
+    torch.testing.assert_close(exact, oracle_exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sampled, oracle_sampled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reference_logps, sequence_logps(reference_logits, labels), rtol=1e-5, atol=1e-5)
+    assert (exact > 0).all()
 
 
 def test_preference_pairs_all_six_with_ties_counted_and_dropped():
