@@ -6,7 +6,8 @@
     train_top_layers(model, k) freeze all but the top k blocks and the final norm (0: train all)
     disable_dropout(model)     dropout off everywhere (pi = pi_ref at step 0)
     trainable(model)           the parameters an optimizer should get
-    attention_in_fp32(model)   attention in fp32 on CPU under bf16 autocast (every loader sets it)
+    attention_in_fp32(model)   attention in fp32 on CPU under bf16 autocast, up to 96 positions
+                               (every loader sets it)
 """
 
 import torch
@@ -64,19 +65,22 @@ def trainable(model):
 
 
 FP32_ATTENTION = "dpo_core_sdpa_fp32"
+# the longest key length attention runs in fp32 at (bench_levers.py, fp32-attention-bf16, a bf16 DPO
+# step on an AMX Xeon: 1.26x at 40 positions, 1.14x at 56, 1.03x at 88, 0.96x at 128)
+FP32_ATTENTION_MAX_POSITIONS = 96
 
 
 def fp32_attention(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention with autocast off and its inputs in fp32, on CPU. Under bf16
-    autocast the linear layers still run in bf16; only attention's own products and softmax go
-    back to fp32. Why: on CPU, PyTorch's bf16 flash-attention backward is slow at this project's
-    short sequences (10 ms a layer at 40 tokens, a fifth of a bf16 DPO step on an AMX Xeon), and
-    fp32 attention there costs little: the bf16 step ran 1.26x faster and decoding 1.1x
-    (bench/README.md), no further from fp32's log-probs. At 128 tokens it is 4% slower (a length
-    threshold would fix that; it would change the committed results). In fp32 runs it is exactly
-    SDPA (the casts are no-ops). On GPU it passes through: there bf16 flash attention is the fast
-    path."""
-    if query.device.type != "cpu":
+    """transformers' SDPA attention with autocast off and its inputs in fp32, on CPU, for keys of up
+    to FP32_ATTENTION_MAX_POSITIONS positions. Under bf16 autocast the linear layers still run in
+    bf16; only attention's own products and softmax go back to fp32. Why: on CPU, PyTorch's bf16
+    flash-attention backward is slow at this project's short sequences (10 ms a layer at 40 tokens,
+    a fifth of a bf16 DPO step on an AMX Xeon), and fp32 attention there costs little: the bf16 step
+    ran 1.26x faster and decoding 1.1x (bench/README.md), no further from fp32's log-probs. Longer
+    keys (SFT's 128-token chunks, TL;DR posts) take stock SDPA, bf16 under autocast: there fp32
+    attention was slower. In fp32 runs it is exactly SDPA (the casts are no-ops). On GPU it passes
+    through: there bf16 flash attention is the fast path."""
+    if query.device.type != "cpu" or key.shape[2] > FP32_ATTENTION_MAX_POSITIONS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)

@@ -6,7 +6,8 @@ minimum length): anything else biases the KL estimate and can make it negative. 
 returned, never text, so what is sampled is exactly what gets scored and trained on.
 
 Sampling draws by inverse CDF (one uniform per row, `searchsorted` on the cumulative
-probabilities): exact, and on CPU faster than `torch.multinomial` or Gumbel-max.
+probabilities, in two levels: `draw`): exact, and on CPU faster than `torch.multinomial` or
+Gumbel-max.
 """
 
 import inspect
@@ -19,18 +20,40 @@ from dpo_core import progress
 from dpo_core.precision import autocast, weights_fixed
 
 
+# tokens per block of the two-level inverse CDF (`draw`)
+DRAW_BLOCK = 256
+
+
 def draw(logits, temperature, generator=None):
     """One token per row from softmax(logits / temperature); temperature 0 is argmax.
-    (B, V) -> (B,)."""
+    (B, V) -> (B,).
+
+    Inverse CDF in two levels: the block of DRAW_BLOCK tokens that holds the uniform, from the
+    cumulative sums of block totals, then the token within that block. The same draw as a search
+    in the full cumulative sum, up to the sums' fp32 rounding, without the full cumulative sum:
+    a sequential scan over V that took most of a decode step's sampling time."""
     if temperature == 0:
         return logits.argmax(-1)
-    scaled = logits.float() if temperature == 1 else logits.float() / temperature  # x / 1 == x: skip the pass
-    probs = torch.softmax(scaled, dim=-1)  # (B, V)
-    cdf = probs.cumsum(-1)
+    # one fp32 copy, then everything in place: each fresh (B, V) buffer costs its page faults
+    weights = logits.to(torch.float32, copy=True)  # (B, V)
+    if temperature != 1:  # x / 1 == x: skip the pass
+        weights.div_(temperature)
+    weights = weights.sub_(weights.amax(-1, keepdim=True)).exp_()  # probabilities times a row constant
+    rows, vocab = weights.shape
+    if vocab % DRAW_BLOCK:  # zero weight for the padding: never drawn
+        weights = torch.nn.functional.pad(weights, (0, DRAW_BLOCK - vocab % DRAW_BLOCK))
+    blocks = weights.view(rows, -1, DRAW_BLOCK)  # (B, NB, K)
+    block_cdf = blocks.sum(-1).cumsum(-1)  # (B, NB)
     # uniforms drawn on the CPU generator whatever the model's device: the same seed gives the
     # same random numbers on CPU and GPU (common random numbers across checkpoints and methods)
-    u = torch.rand(probs.shape[0], 1, generator=generator).to(cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    u = torch.rand(rows, 1, generator=generator).to(weights.device) * block_cdf[:, -1:]  # (B, 1)
+    block = torch.searchsorted(block_cdf, u).clamp(max=block_cdf.shape[1] - 1)  # (B, 1) first cdf >= u
+    before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)  # (B, 1)
+    within = blocks.gather(1, block[:, :, None].expand(-1, -1, DRAW_BLOCK)).squeeze(1).cumsum(-1)  # (B, K)
+    # u - before > 0 where before < u; capped at the block's own total, so rounding between the two
+    # levels' sums can never land past the block's last token of positive weight
+    rest = torch.minimum(u - before, within[:, -1:])
+    return (block * DRAW_BLOCK + torch.searchsorted(within, rest)).squeeze(-1)
 
 
 def left_pad(prompts, pad_token_id):

@@ -16,7 +16,7 @@ from dpo_core.data import encode_pair
 from dpo_core.evaluate import sequence_kl
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import dpo_loss
-from dpo_core.models import attention_in_fp32, disable_dropout, fp32_attention
+from dpo_core.models import FP32_ATTENTION_MAX_POSITIONS, attention_in_fp32, disable_dropout, fp32_attention
 from dpo_core.sampling import sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import (
@@ -190,6 +190,18 @@ def test_fp32_attention_computes_attention_in_fp32_under_bf16_autocast():
     # fp32 against float64: about 1e-7 here; bf16 attention is off by about 1e-2
     assert (out.double() - expected).abs().max() < 1e-5
     assert (plain.double() - expected).abs().max() > 1e-4
+
+
+def test_fp32_attention_hands_keys_longer_than_its_limit_to_stock_sdpa():
+    module = tiny_gpt2(seed=0).transformer.h[0].attn
+    g = torch.Generator().manual_seed(0)
+    for t, fp32 in ((FP32_ATTENTION_MAX_POSITIONS, True), (FP32_ATTENTION_MAX_POSITIONS + 1, False)):
+        q, k, v = (torch.randn(1, 4, t, 16, generator=g).bfloat16() for _ in range(3))
+        with precision.autocast("bf16"):
+            out, _ = fp32_attention(module, q, k, v, None, scaling=0.25)
+            plain, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.25)
+        assert out.dtype == (torch.float32 if fp32 else torch.bfloat16)
+        assert torch.equal(out, plain) != fp32
 
 
 def test_fp32_attention_changes_nothing_in_fp32_and_is_what_loaders_give():

@@ -64,6 +64,27 @@ def test_draw_follows_the_softmax():
     assert (hot - torch.softmax(logits[0].double() / 0.5, -1)).abs().max() < 0.02
 
 
+@pytest.mark.parametrize("vocab", [257, 1024, 49152])
+def test_draw_is_the_inverse_cdf_of_the_full_cumulative_sum(vocab):
+    """The two-level search against the one-level one in float64 on the same uniforms: every
+    drawn token's CDF interval holds the uniform, up to fp32 rounding of the sums (1e-5 of the
+    total), and has positive probability; flat, peaked and zero-tailed rows."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(4000, vocab, generator=g) * torch.tensor([0.5, 3.0, 12.0]).repeat(1334)[:4000, None]
+    logits[::5, vocab // 3:] = -1e4  # rows with zero-weight tails (exp underflows to 0): never drawn
+    tokens = draw(logits, 1.0, torch.Generator().manual_seed(1))
+    assert (tokens < vocab).all() and (tokens[::5] < vocab // 3).all()
+    probs = torch.softmax(logits.double(), -1)
+    cdf = probs.cumsum(-1)  # (N, V)
+    u = torch.rand(4000, 1, generator=torch.Generator().manual_seed(1)).double()[:, 0] * cdf[:, -1]
+    upper = cdf.gather(1, tokens[:, None])[:, 0]
+    lower = upper - probs.gather(1, tokens[:, None])[:, 0]
+    assert (probs.gather(1, tokens[:, None]) > 0).all()
+    assert ((lower - 1e-5 <= u) & (u <= upper + 1e-5)).all()
+    oracle = torch.searchsorted(cdf, u[:, None]).squeeze(-1)
+    assert (tokens != oracle).float().mean() < 0.01  # rounding moves a handful (1 of 4,000 when written)
+
+
 def test_sampling_is_reproducible_with_a_generator_and_stops_at_eos():
     model, tok = tiny_gpt2(seed=2), byte_tokenizer()
     a = sample(model, encoded(tok), 20, generator=torch.Generator().manual_seed(1), pad_token_id=256)
