@@ -84,19 +84,25 @@ def same_weights(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+# part of the cached pi_ref point's key: raise it whenever the point's computation changes (the
+# sampler's batches or draw, the KL's arithmetic), so a results folder never serves an old point
+POINT_VERSION = "2: 256-row decode batches, two-level draw, completion-only KL"
+
+
 def frontier_evaluator(policy, reference, prompts, gold, tokenizer, max_new_tokens, seed, samples, cache_dir):
     """`evaluate(step)` for `train.train_loop`: one frontier point (`evaluate.evaluate_policy`:
     fresh pure samples with one seed, exact and sampled KL, gold reward), its samples appended to
     `samples` with their step. While the policy still equals pi_ref (step 0) the point is the same
     for every run, so it is computed once, cached in `cache_dir` by pi_ref's weights, the prompts,
-    the seed, the judge and the precision, and loaded by every later run."""
+    the seed, the judge, the precision and POINT_VERSION, and loaded by every later run."""
     def point():
         metrics, rows = evaluate_policy(policy, reference, prompts, gold, tokenizer, max_new_tokens, seed)
         return {"metrics": metrics, "samples": rows}
 
     def evaluate(step):
         if step == 0 and same_weights(policy, reference):
-            key = results.fingerprint(reference, prompts, seed, max_new_tokens, gold.model, autocast_state())
+            key = results.fingerprint(reference, prompts, seed, max_new_tokens, gold.model, autocast_state(),
+                                      POINT_VERSION)
             value = results.cached_json(cache_dir / f"pi-ref-point-{key[:24]}.json", point, "pi_ref point")
         else:
             value = point()
