@@ -25,6 +25,7 @@ transformers' stock SDPA attention instead (bf16 attention under autocast), as a
     precompute[-bf16]       reference log-prob throughput (sequences/s)
     kl[-bf16]               exact + sampled sequence KL throughput (one evaluation's KL)
     reward[-bf16]           gold-reward scoring throughput (texts/s)
+    eval-point[-bf16]       one frontier evaluation point (256 prompts: sample, KL, gold reward), seconds
 
 Usage: python bench/bench_dpo.py --model tiny --steps 8   (writes bench/RESULTS.md)
 """
@@ -249,6 +250,32 @@ def bench_reward(model_name, precision="fp32"):
     return {"texts_per_s": len(texts) / seconds}
 
 
+def bench_eval_point(model_name, precision="fp32", n_prompts=256, new_tokens=32):
+    """One frontier evaluation point as notebooks 04 and 06 take it (`evaluate.evaluate_policy`:
+    256 prompts sampled, exact and sampled KL, gold reward), timed whole and by part. The policy is
+    a copy of the reference (step 0's point; the same work as any other)."""
+    from dpo_core import assets
+    from dpo_core import precision as precisions
+    from dpo_core.evaluate import evaluate_policy, sequence_kl
+    from dpo_core.sampling import sample
+
+    model, tok = load(model_name)
+    reference = copy.deepcopy(model)
+    reward = assets.load_reward("tiny" if model_name == "tiny" else "minilm-sentiment")
+    prompts = [p for p, _, _ in make_pairs(tok, n_prompts)]
+    ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    with precisions.autocast(precision):
+        evaluate_policy(model, reference, prompts[:16], reward, tok, new_tokens, seed=0)  # warm-up
+        sample_s = _timed(lambda: sample(model, prompts, new_tokens, generator=torch.Generator().manual_seed(0), **ids))
+        completions = sample(model, prompts, new_tokens, generator=torch.Generator().manual_seed(0), **ids)
+        kl_s = _timed(lambda: sequence_kl(model, reference, prompts, completions, tok.pad_token_id,
+                                          with_reference_logps=True))
+        texts = [tok.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
+        reward_s = _timed(lambda: reward(texts))
+        point_s = _timed(lambda: evaluate_policy(model, reference, prompts, reward, tok, new_tokens, seed=0))
+    return {"point_s": point_s, "sample_s": sample_s, "kl_s": kl_s, "reward_s": reward_s, "prompts": n_prompts}
+
+
 JOBS = {
     "dpo-core": lambda a: bench_dpo_core(a.model, a.steps, a.warmup),
     "dpo-core-lean": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True),
@@ -279,6 +306,8 @@ JOBS = {
     "kl-bf16": lambda a: bench_kl(a.model, "bf16"),
     "reward": lambda a: bench_reward(a.model),
     "reward-bf16": lambda a: bench_reward(a.model, "bf16"),
+    "eval-point": lambda a: bench_eval_point(a.model),
+    "eval-point-bf16": lambda a: bench_eval_point(a.model, "bf16"),
 }
 BF16 = lambda job: "bf16" in job  # noqa: E731  (which peak a job's MFU is measured against)
 
@@ -374,6 +403,12 @@ def render(records):
                           ("kl", "sequences_per_s"), ("reward", "texts_per_s")):
             a, b = r.get(job, {}).get(unit), r.get(f"{job}-bf16", {}).get(unit)
             lines.append(f"| {job} ({unit}) | {a or float('nan'):.1f} | {b or float('nan'):.1f} | {ratio(b, a)} |")
+        points = {job: r.get(job, {}) for job in ("eval-point", "eval-point-bf16")}
+        if any("point_s" in x for x in points.values()):
+            lines += ["", "One frontier evaluation point (`evaluate_policy`, 256 prompts x 32 tokens), seconds:", "",
+                      "| job | whole point | sampling | exact + sampled KL | gold reward |", "|---|---|---|---|---|"]
+            lines += [f"| {job} | {x['point_s']:.1f} | {x['sample_s']:.1f} | {x['kl_s']:.1f} | {x['reward_s']:.1f} |"
+                      for job, x in points.items() if "point_s" in x]
         ok = {j: r[j] for j in STEP_JOBS if "tokens_per_s" in r.get(j, {})}
         core = max((j for j in ok if j.startswith("dpo-core")), key=lambda j: ok[j]["tokens_per_s"], default=None)
         trl = max((j for j in ok if j.startswith("trl")), key=lambda j: ok[j]["tokens_per_s"], default=None)

@@ -266,12 +266,32 @@ def concatenated_forward(model, batch, average=False, completion_only=False):
     return logps[:n_pairs], logps[n_pairs:]
 
 
+# config fields of transformers models whose logits are more than the output layer on the final
+# hidden states (Gemma 2/3 softcapping, Cohere's scale, Granite's divisor, Falcon-H1's multiplier)
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+
+
+def check_plain_output_layer(model):
+    """Refuse a model whose logits are not `model.get_output_embeddings()` applied to
+    `model.base_model(...).last_hidden_state`: the completion-only paths (here and in
+    `evaluate.sequence_kl`) apply the output layer themselves and would score such a model wrong,
+    silently."""
+    config = getattr(model, "config", None)
+    found = {name: getattr(config, name, None) for name in LOGIT_TRANSFORMS}
+    found = {name: value for name, value in found.items() if value not in (None, 1, 1.0)}
+    if found or model.get_output_embeddings() is None:
+        what = found or "it has no output layer"
+        raise ValueError(f"{type(model).__name__}'s logits are not its output layer on its final hidden states "
+                         f"({what}); score it through its full forward (completion_only=False)")
+
+
 def forward_logps(model, input_ids, attention_mask, labels, average=False, completion_only=False):
     """Sequence log-probs of one right-padded batch (B, T) -> (B,), with explicit position ids.
     completion_only: run the LM head on scored positions only (`scored_logps`); needs a model
     whose logits are exactly its output layer on the final hidden states (Llama family, GPT-2),
     and calls the base model directly, so not through a DDP wrapper."""
     if completion_only:
+        check_plain_output_layer(model)
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
         return scored_logps(hidden, model.get_output_embeddings(), labels, average=average)

@@ -78,8 +78,10 @@ def fp32_attention(module, query, key, value, attention_mask, **kwargs):
     a fifth of a bf16 DPO step on an AMX Xeon), and fp32 attention there costs little: the bf16 step
     ran 1.26x faster and decoding 1.1x (bench/README.md), no further from fp32's log-probs. Longer
     keys (SFT's 128-token chunks, TL;DR posts) take stock SDPA, bf16 under autocast: there fp32
-    attention was slower. In fp32 runs it is exactly SDPA (the casts are no-ops). On GPU it passes
-    through: there bf16 flash attention is the fast path."""
+    attention was slower. The limit is on the batch's padded key length, so while decoding a batch
+    switches to SDPA once its keys pass it (IMDb's 8 + 32 tokens never do). In fp32 runs it is
+    exactly SDPA (the casts are no-ops). On GPU it passes through: there bf16 flash attention is the
+    fast path."""
     if query.device.type != "cpu" or key.shape[2] > FP32_ATTENTION_MAX_POSITIONS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):

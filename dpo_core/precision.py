@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from dpo_core.models import FP32_ATTENTION_MAX_POSITIONS
 from dpo_core.results import atomic_write
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -83,10 +84,11 @@ def check_cache_off(device="cpu"):
 
 def autocast_state():
     """What a forward's numbers depend on beyond its inputs and weights, for cache keys: "fp32",
-    or the dtype autocast is on with."""
+    or the dtype autocast is on with and the longest keys attention takes in fp32 under it
+    (`models.fp32_attention`)."""
     for device in ("cpu", "cuda"):
         if torch.is_autocast_enabled(device):
-            return f"autocast-{device}-{torch.get_autocast_dtype(device)}"
+            return f"autocast-{device}-{torch.get_autocast_dtype(device)}-fp32-attention-{FP32_ATTENTION_MAX_POSITIONS}"
     return "fp32"
 
 

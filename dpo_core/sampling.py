@@ -6,8 +6,8 @@ minimum length): anything else biases the KL estimate and can make it negative. 
 returned, never text, so what is sampled is exactly what gets scored and trained on.
 
 Sampling draws by inverse CDF (one uniform per row, `searchsorted` on the cumulative
-probabilities, in two levels: `draw`): exact, and on CPU faster than `torch.multinomial` or
-Gumbel-max.
+probabilities, in two levels: `draw`): exact up to the fp32 rounding of the sums, and on CPU
+faster than `torch.multinomial` or Gumbel-max.
 """
 
 import inspect
@@ -18,7 +18,6 @@ from transformers.cache_utils import DynamicLayer
 
 from dpo_core import progress
 from dpo_core.precision import autocast, weights_fixed
-
 
 # tokens per block of the two-level inverse CDF (`draw`)
 DRAW_BLOCK = 256
@@ -34,8 +33,9 @@ def draw(logits, temperature, generator=None):
     a sequential scan over V that took most of a decode step's sampling time."""
     if temperature == 0:
         return logits.argmax(-1)
-    # one fp32 copy, then everything in place: each fresh (B, V) buffer costs its page faults
-    weights = logits.to(torch.float32, copy=True)  # (B, V)
+    # one fp32 copy (two where the vocabulary is padded), then in place: each fresh (B, V) buffer
+    # costs its page faults
+    weights = logits.to(torch.float32, copy=True, memory_format=torch.contiguous_format)  # (B, V)
     if temperature != 1:  # x / 1 == x: skip the pass
         weights.div_(temperature)
     weights = weights.sub_(weights.amax(-1, keepdim=True)).exp_()  # probabilities times a row constant
@@ -47,6 +47,7 @@ def draw(logits, temperature, generator=None):
     # uniforms drawn on the CPU generator whatever the model's device: the same seed gives the
     # same random numbers on CPU and GPU (common random numbers across checkpoints and methods)
     u = torch.rand(rows, 1, generator=generator).to(weights.device) * block_cdf[:, -1:]  # (B, 1)
+    u.clamp_(min=torch.finfo(u.dtype).tiny)  # u = 0 (p = 2^-24) would find token 0 whatever its weight
     block = torch.searchsorted(block_cdf, u).clamp(max=block_cdf.shape[1] - 1)  # (B, 1) first cdf >= u
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)  # (B, 1)
     within = blocks.gather(1, block[:, :, None].expand(-1, -1, DRAW_BLOCK)).squeeze(1).cumsum(-1)  # (B, K)
