@@ -44,6 +44,16 @@ def test_one_step_raises_the_chosen_minus_rejected_margin(setup):
     torch.testing.assert_close(reference_logps(reference, batch)[0], ref_chosen, rtol=0, atol=0)
 
 
+def test_a_step_updates_the_weights_and_leaves_no_gradients_behind(setup):
+    # gradients kept after the step would live through the next step's forward (peak memory)
+    policy, reference, batch = setup
+    ref_chosen, ref_rejected = reference_logps(reference, batch)
+    before = [p.detach().clone() for p in policy.parameters()]
+    dpo_step(policy, torch.optim.SGD(policy.parameters(), lr=0.1), batch, ref_chosen, ref_rejected, beta=0.1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # the gradients were used
+    assert all(p.grad is None for p in policy.parameters())
+
+
 def test_nan_loss_stops_before_the_weights_change(setup):
     policy, _, batch = setup
     before = [p.detach().clone() for p in policy.parameters()]
