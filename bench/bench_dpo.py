@@ -21,6 +21,7 @@ transformers' stock SDPA attention instead (bf16 attention under autocast), as a
     sample-core[-bf16]      dpo_core.sampling.sample, pure sampling, new tokens/s
     sample-core-bf16-compiled  the same with torch.compile on the model's forward (the decode step)
     sample-generate[-bf16]  model.generate(do_sample=True, top_k=0, top_p=1), the same prompts
+    sample-{core,generate}-bf16-{32,256}  the same two at 32 prompts (PPO's rollouts) and 256 (an evaluation's)
     decode-bound[-bf16]     dpo_core's loop with argmax instead of sampling: the model's forward alone
     precompute[-bf16]       reference log-prob throughput (sequences/s)
     kl[-bf16]               exact + sampled sequence KL throughput (one evaluation's KL)
@@ -276,6 +277,8 @@ def bench_eval_point(model_name, precision="fp32", n_prompts=256, new_tokens=32)
     return {"point_s": point_s, "sample_s": sample_s, "kl_s": kl_s, "reward_s": reward_s, "prompts": n_prompts}
 
 
+SAMPLER_BATCHES = (32, 256)  # prompts per sampling call besides the jobs' standard 64
+
 JOBS = {
     "dpo-core": lambda a: bench_dpo_core(a.model, a.steps, a.warmup),
     "dpo-core-lean": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True),
@@ -298,6 +301,10 @@ JOBS = {
     "sample-core-bf16-compiled": lambda a: bench_sampling(a.model, "core", precision="bf16", compiled=True),
     "sample-generate": lambda a: bench_sampling(a.model, "generate"),
     "sample-generate-bf16": lambda a: bench_sampling(a.model, "generate", precision="bf16"),
+    # the batch sizes the project samples at: PPO's 32 rollouts, an evaluation's 256 prompts at once
+    **{f"sample-{method}-bf16-{n}": (lambda a, method=method, n=n: bench_sampling(a.model, method, n_prompts=n,
+                                                                               precision="bf16"))
+       for n in SAMPLER_BATCHES for method in ("core", "generate")},
     "decode-bound": lambda a: bench_sampling(a.model, "decode-bound"),
     "decode-bound-bf16": lambda a: bench_sampling(a.model, "decode-bound", precision="bf16"),
     "precompute": lambda a: bench_precompute(a.model),
@@ -369,6 +376,20 @@ def main():
     print(f"[bench] wrote {path} and {path.with_suffix('.md')}")
 
 
+def sampler_batch_rows(r):
+    """The sampler against model.generate at each batch size measured (bf16), as rows of a table."""
+    rows = [(n, r.get(f"sample-core-bf16-{n}" if n != 64 else "sample-core-bf16", {}).get("new_tokens_per_s"),
+             r.get(f"sample-generate-bf16-{n}" if n != 64 else "sample-generate-bf16", {}).get("new_tokens_per_s"))
+            for n in sorted((64, *SAMPLER_BATCHES))]
+    rows = [(n, core, gen) for n, core, gen in rows if core and gen]
+    if len(rows) < 2:
+        return []
+    return ["", "The sampler against `model.generate` by batch size (bf16, 32 new tokens, new tokens/s):", "",
+            "| prompts at once | dpo_core | model.generate | ratio | >= 2x? |", "|---|---|---|---|---|"] + [
+        f"| {n} | {core:.0f} | {gen:.0f} | {ratio(core, gen)} | {'yes' if core >= 2 * gen else 'no'} |"
+        for n, core, gen in rows]
+
+
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "n/a"
 
@@ -431,6 +452,7 @@ def render(records):
         if best_core_sampler and best_generate:
             lines.append(f"| sampler >= 2x model.generate (best against best) | {ratio(best_core_sampler, best_generate)} | "
                          f"{'yes' if best_core_sampler >= 2 * best_generate else 'no'} |")
+        lines += sampler_batch_rows(r)
         lines += compile_verdicts(r)
         lines.append("")
     return "\n".join(lines)
