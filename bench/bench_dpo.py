@@ -279,6 +279,11 @@ def bench_eval_point(model_name, precision="fp32", n_prompts=256, new_tokens=32)
 
 SAMPLER_BATCHES = (32, 256)  # prompts per sampling call besides the jobs' standard 64
 
+
+def sampler_job(method, n_prompts):
+    """The bf16 sampling job's name at n_prompts; the standard 64 carries no suffix."""
+    return f"sample-{method}-bf16" + ("" if n_prompts == 64 else f"-{n_prompts}")
+
 JOBS = {
     "dpo-core": lambda a: bench_dpo_core(a.model, a.steps, a.warmup),
     "dpo-core-lean": lambda a: bench_dpo_core(a.model, a.steps, a.warmup, lean=True),
@@ -302,8 +307,8 @@ JOBS = {
     "sample-generate": lambda a: bench_sampling(a.model, "generate"),
     "sample-generate-bf16": lambda a: bench_sampling(a.model, "generate", precision="bf16"),
     # the batch sizes the project samples at: PPO's 32 rollouts, an evaluation's 256 prompts at once
-    **{f"sample-{method}-bf16-{n}": (lambda a, method=method, n=n: bench_sampling(a.model, method, n_prompts=n,
-                                                                               precision="bf16"))
+    **{sampler_job(method, n): (lambda a, method=method, n=n: bench_sampling(a.model, method, n_prompts=n,
+                                                                          precision="bf16"))
        for n in SAMPLER_BATCHES for method in ("core", "generate")},
     "decode-bound": lambda a: bench_sampling(a.model, "decode-bound"),
     "decode-bound-bf16": lambda a: bench_sampling(a.model, "decode-bound", precision="bf16"),
@@ -378,8 +383,7 @@ def main():
 
 def sampler_batch_rows(r):
     """The sampler against model.generate at each batch size measured (bf16), as rows of a table."""
-    rows = [(n, r.get(f"sample-core-bf16-{n}" if n != 64 else "sample-core-bf16", {}).get("new_tokens_per_s"),
-             r.get(f"sample-generate-bf16-{n}" if n != 64 else "sample-generate-bf16", {}).get("new_tokens_per_s"))
+    rows = [(n, *(r.get(sampler_job(method, n), {}).get("new_tokens_per_s") for method in ("core", "generate")))
             for n in sorted((64, *SAMPLER_BATCHES))]
     rows = [(n, core, gen) for n, core, gen in rows if core and gen]
     if len(rows) < 2:
