@@ -14,6 +14,7 @@ Both sum over completion tokens only; their expectations over y are equal.
 import math
 
 import torch
+import torch.nn.functional as F
 
 from dpo_core import progress
 from dpo_core.data import collate_pairs
@@ -61,19 +62,17 @@ def token_kl(policy_logits, reference_logits, labels):
         sampled = log p(y_t) - log q(y_t)
         exact   = sum_v p(v) (log p(v) - log q(v))
 
-    with log p = x - logsumexp(x) for policy logits x and log q = y - logsumexp(y). The same
-    quantities as `kl_from_logits` (its oracle in the tests) with fewer passes over the (N, V)
-    block: no log-softmax tensors, one exp, one dot product per row. Identical models give
-    exactly 0: x - y is 0 and so is the log-normalizers' difference."""
-    x, y = policy_logits.float(), reference_logits.float()  # (N, V)
-    lse_x, lse_y = torch.logsumexp(x, -1), torch.logsumexp(y, -1)  # (N,)
-    log_ratio = torch.sub(x, y).sub_((lse_x - lse_y)[:, None])  # log p - log q, (N, V)
-    p = torch.sub(x, lse_x[:, None]).exp_()  # (N, V)
-    with torch.autocast(x.device.type, enabled=False):  # autocast would take the dot product in bf16
-        exact = torch.linalg.vecdot(p, log_ratio)  # (N,)
+    The same quantities as `kl_from_logits` (its oracle in the tests), from the fused fp32
+    log-softmax kernel rather than logsumexp's separate max, subtract, exp and sum passes over the
+    (N, V) block: 7.7 against 17.9 ms for 64 rows of SmolLM2's 49,152 logits (bench/README.md).
+    Identical models give exactly 0: log p - log q is 0 everywhere."""
+    log_p = torch.log_softmax(policy_logits, -1, dtype=torch.float32)  # (N, V)
+    log_q = torch.log_softmax(reference_logits, -1, dtype=torch.float32)
+    with torch.autocast(log_p.device.type, enabled=False):
+        exact = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)  # sum p (log p - log q), (N,)
     index = labels[:, None]
-    sampled = log_ratio.gather(-1, index).squeeze(-1)
-    reference_logps = y.gather(-1, index).squeeze(-1) - lse_y
+    reference_logps = log_q.gather(-1, index).squeeze(-1)
+    sampled = log_p.gather(-1, index).squeeze(-1) - reference_logps
     return sampled, exact, reference_logps
 
 

@@ -17,7 +17,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from dpo_core import progress
-from dpo_core.precision import autocast, weights_fixed
+from dpo_core.precision import autocast, prepacked_linears, weights_fixed
 
 # tokens per block of the two-level inverse CDF (`draw`)
 DRAW_BLOCK = 256
@@ -100,7 +100,8 @@ def sample(model, prompts, max_new_tokens, temperature=1.0, eos_token_id=None, p
         raise ValueError("empty prompt: every prompt needs at least one token")
     batch_size = batch_size or decode_batch_size(prompts, max_new_tokens)
     out = []
-    with progress.bar(len(prompts), "sampling", enabled=len(prompts) > batch_size, leave=False) as bar:
+    with prepacked_linears(model, batch_size), \
+         progress.bar(len(prompts), "sampling", enabled=len(prompts) > batch_size, leave=False) as bar:
         for start in range(0, len(prompts), batch_size):
             out += _sample_batch(model, prompts[start : start + batch_size], max_new_tokens, temperature,
                                  eos_token_id, pad_token_id, generator)

@@ -232,3 +232,53 @@ def test_fp32_attention_changes_nothing_in_fp32_and_is_what_loaders_give():
             bf16_plain = torch.cat(concatenated_forward(plain, batch))
             bf16_fp32_attention = torch.cat(concatenated_forward(switched, batch))
     assert not torch.equal(bf16_plain, bf16_fp32_attention)  # under bf16 the switch is live
+
+
+def _bf16_product_bound_holds(y, x, linear):
+    """|y - exact| within a bf16 rounding of the exact product of the bf16-rounded operands, plus the
+    fp32 accumulation's share: the product autocast promises, computed in fp64 independently."""
+    xd, wd = x.bfloat16().double(), linear.weight.detach().bfloat16().double()
+    exact = xd @ wd.T + (0 if linear.bias is None else linear.bias.detach().bfloat16().double())
+    scale = xd.abs() @ wd.abs().T
+    return bool(((y.double() - exact).abs() <= 2**-8 * exact.abs() + 1e-4 * scale).all())
+
+
+def test_prepacked_linears_give_autocasts_bf16_product_and_restore_the_modules():
+    g = torch.Generator().manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Linear(576, 1536), torch.nn.Linear(1536, 576, bias=False))  # SmolLM2's MLP
+    x = torch.randn(32, 576, generator=g)
+    with torch.no_grad():
+        with precision.prepacked_linears(layers, rows=32):  # fp32: nothing changes
+            assert not any("forward" in vars(m) for m in layers)
+        with precision.autocast("bf16"):
+            if not precision.prepacks_bf16(layers):
+                pytest.skip("no oneDNN bf16 on this CPU: prepacked_linears changes nothing here")
+            plain = layers[0](x)
+            with precision.prepacked_linears(layers, rows=32):
+                assert all("forward" in vars(m) for m in layers)
+                packed = layers[0](x)
+                packed_second = layers[1](packed)
+            with pytest.raises(RuntimeError, match="inside"), precision.prepacked_linears(layers, rows=32):
+                raise RuntimeError("inside")
+            plain_second = layers[1](packed)
+    assert not any("forward" in vars(m) for m in layers)  # the class's forward again, after an exception too
+    assert packed.dtype == plain.dtype == torch.bfloat16
+    assert _bf16_product_bound_holds(plain, x, layers[0]) and _bf16_product_bound_holds(packed, x, layers[0])
+    assert _bf16_product_bound_holds(packed_second, packed.float(), layers[1])
+    assert _bf16_product_bound_holds(plain_second, packed.float(), layers[1])
+
+
+def test_the_bf16_sampler_runs_every_linear_prepacked(monkeypatch):
+    model, tok = assets.load_policy("smollm2-135m")
+    prompts = [tok("The film was", add_special_tokens=False)["input_ids"], tok("I", add_special_tokens=False)["input_ids"]]
+    packed, make = [], precision._prepacked_forward
+    monkeypatch.setattr(precision, "_prepacked_forward", lambda w, b: packed.append(w) or make(w, b))
+    with precision.autocast("bf16"):
+        if not precision.prepacks_bf16(model):
+            pytest.skip("no oneDNN bf16 on this CPU: prepacked_linears changes nothing here")
+        completions = sample(model, prompts, 3, generator=torch.Generator().manual_seed(0),
+                             pad_token_id=tok.pad_token_id)
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert len(packed) == len(linears) == 30 * 7 + 1  # every block's 7 projections and the LM head
+    assert not any("forward" in vars(m) for m in linears)
+    assert [len(c) for c in completions] == [3, 3]
