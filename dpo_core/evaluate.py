@@ -68,8 +68,7 @@ def token_kl(policy_logits, reference_logits, labels):
     Identical models give exactly 0: log p - log q is 0 everywhere."""
     log_p = torch.log_softmax(policy_logits, -1, dtype=torch.float32)  # (N, V)
     log_q = torch.log_softmax(reference_logits, -1, dtype=torch.float32)
-    with torch.autocast(log_p.device.type, enabled=False):
-        exact = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)  # sum p (log p - log q), (N,)
+    exact = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)  # sum p (log p - log q), (N,)
     index = labels[:, None]
     reference_logps = log_q.gather(-1, index).squeeze(-1)
     sampled = log_p.gather(-1, index).squeeze(-1) - reference_logps

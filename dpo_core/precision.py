@@ -89,9 +89,9 @@ def prepacked_linears(model, rows):
     into oneDNN's blocked layout once, for matmuls of about `rows` rows. A plain bf16 matmul reorders
     the weight at every call, which at decoding's few rows costs more than the product: 103 against
     72 us for a (32, 576) x (576, 1536) product; whole SmolLM2 sampling calls ran 1.09-1.10x faster
-    at 32 to 256 prompts, the packing's 0.17 s included (bench/README.md). The same product: bf16 operands, fp32 accumulation, a bf16 result, as autocast
-    gives (bitwise the same on most shapes here, one bf16 ulp apart on a few). Anywhere else (fp32, no
-    oneDNN bf16, GPU) nothing changes. The modules are restored on exit, exception or not."""
+    at 32 to 256 prompts, the packing's 0.17 s included (bench/README.md). The same product as
+    autocast's: bf16 operands, fp32 accumulation, a bf16 result (bitwise the same on most shapes here,
+    one bf16 ulp apart on a few). Anywhere else (fp32, no oneDNN bf16, GPU) nothing changes. The modules are restored on exit, exception or not."""
     if not prepacks_bf16(model):
         yield
         return
