@@ -27,6 +27,8 @@ transformers' stock SDPA attention instead (bf16 attention under autocast), as a
     kl[-bf16]               exact + sampled sequence KL throughput (one evaluation's KL)
     reward[-bf16]           gold-reward scoring throughput (texts/s)
     eval-point[-bf16]       one frontier evaluation point (256 prompts: sample, KL, gold reward), seconds
+    step-matmuls[-bf16]     the DPO step's matrix products alone (every linear layer's forward and two
+                            backward products at the step's rows), GFLOP/s: the rate these shapes allow
 
 Usage: python bench/bench_dpo.py --model tiny --steps 8   (writes bench/RESULTS.md)
 """
@@ -53,6 +55,30 @@ def matmul_peak(n=2048, repeats=5, dtype=torch.float32):
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
+
+
+def step_matmul_rate(model_name, dtype=torch.float32, repeats=5):
+    """GFLOP/s of a DPO step's matrix products alone, at the step's own shapes: for every linear layer
+    (LM head included), the forward X W^T and the backward's dY W and dY^T X, at the rows of one step
+    (PAIRS x 2 sequences x their tokens). Each distinct shape is timed (best of `repeats`) once and
+    counted as often as the model has it. What the 2048 x 2048 peak overstates for these shapes: a step
+    that did nothing but its matmuls would run at this rate."""
+    from collections import Counter
+
+    model, _ = load(model_name)
+    rows = PAIRS * 2 * (PROMPT_TOKENS + COMPLETION_TOKENS)
+    shapes = Counter(tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
+    seconds = flops = 0.0
+    for (out_features, in_features), count in shapes.items():
+        x, w = torch.randn(rows, in_features).to(dtype), torch.randn(out_features, in_features).to(dtype)
+        dy = torch.randn(rows, out_features).to(dtype)
+        products = (lambda: x @ w.T, lambda: dy @ w, lambda: dy.T @ x)  # forward, grad of input, grad of weight
+        for product in products:
+            product()
+            seconds += count * min(_timed(product) for _ in range(repeats))
+        flops += count * 6 * rows * in_features * out_features
+    return {"gflops": flops / seconds / 1e9, "matmul_s": seconds, "rows": rows,
+            "shapes": {f"{o}x{i}": c for (o, i), c in shapes.items()}}
 
 
 def reset_peak_rss():
@@ -320,6 +346,8 @@ JOBS = {
     "reward-bf16": lambda a: bench_reward(a.model, "bf16"),
     "eval-point": lambda a: bench_eval_point(a.model),
     "eval-point-bf16": lambda a: bench_eval_point(a.model, "bf16"),
+    "step-matmuls": lambda a: step_matmul_rate(a.model),
+    "step-matmuls-bf16": lambda a: step_matmul_rate(a.model, torch.bfloat16),
 }
 BF16 = lambda job: "bf16" in job  # noqa: E731  (which peak a job's MFU is measured against)
 
@@ -453,6 +481,11 @@ def render(records):
         if core_bf16:
             mfu = ok[core_bf16]["gflops"] / peaks[True]
             lines.append(f"| >= 60% of the bf16 matmul peak | {core_bf16}: {mfu:.0%} | {'yes' if mfu >= 0.6 else 'no'} |")
+        shaped = r.get("step-matmuls-bf16", {}).get("gflops")
+        if core_bf16 and shaped:
+            lines.append(f"| (context) the step's matmuls alone, at its shapes ({r['step-matmuls-bf16']['rows']} rows) | "
+                         f"{shaped:.0f} GFLOP/s, {shaped / peaks[True]:.0%} of the peak; {core_bf16} runs at "
+                         f"{ok[core_bf16]['gflops'] / shaped:.0%} of that rate | n/a |")
         if best_core_sampler and best_generate:
             lines.append(f"| sampler >= 2x model.generate (best against best) | {ratio(best_core_sampler, best_generate)} | "
                          f"{'yes' if best_core_sampler >= 2 * best_generate else 'no'} |")
