@@ -160,11 +160,38 @@ def win_rates_over_training(results_root, profile, dpo_runs, judge, references):
     return pd.DataFrame(rows)
 
 
-def win_rate_section(judge_name, reference_tokens, by_temperature, by_step, unfinished, stages):
+def paired_win_rates(results_root, profile, by_temperature, reference_method="dpo", draws=2000):
+    """The reference policy's win rate minus every other policy's at each temperature, paired prompt by
+    prompt (`stats.paired_win_difference`) on notebook 09's verdicts (samples.jsonl of each run in
+    `by_temperature`, `results.load_metrics` of 09). Every run must have judged the same references in
+    the same order, else the comparison is refused. Returns a DataFrame: run, method, temperature,
+    gap, low, high, verdict."""
+    runs = by_temperature.groupby("run").method.first()
+    if reference_method not in set(runs):
+        return pd.DataFrame(columns=["run", "method", "temperature", "gap", "low", "high", "verdict"])
+    samples = {run: pd.read_json(results.run_dir(results_root, profile, "09_imdb_win_rates", run) / "samples.jsonl",
+                                 lines=True) for run in runs.index}
+    reference = runs[runs == reference_method].index[0]
+    rows = []
+    for run, method in runs.items():
+        if run == reference:
+            continue
+        for temperature, ours in samples[reference].groupby("temperature"):
+            theirs = samples[run][samples[run].temperature == temperature]
+            if ours.reference.tolist() != theirs.reference.tolist():
+                raise ValueError(f"{reference} and {run} were not judged against the same references at "
+                                 f"T = {temperature:g}: rerun notebook 09 for both with the same preferences_run")
+            gap, low, high = stats.paired_win_difference(ours.verdict.tolist(), theirs.verdict.tolist(), draws)
+            rows.append({"run": run, "method": method, "temperature": float(temperature), "gap": gap, "low": low,
+                         "high": high, "verdict": stats.verdict(gap, low, high, reference)})
+    return pd.DataFrame(rows)
+
+
+def win_rate_section(judge_name, reference_tokens, by_temperature, by_step, unfinished, stages, paired=None):
     """Notebook 10's section of figures/README.md, headed by WIN_RATE_MARK: the judge, notebook 09's win
     rates by temperature (`by_temperature`, one column per temperature), `win_rates_over_training`'s
     table, the runs left out and the win-rate stages' wall time (`stages`: (notebook, run, seconds)).
-    `reference_tokens`: the longest held-out continuation, in tokens."""
+    `reference_tokens`: the longest held-out continuation, in tokens; `paired`: `paired_win_rates`' table."""
     table = by_temperature.pivot_table(index=["method", "setting"], columns="temperature", values="win_rate")
     table = table.reset_index()
     table.columns = [c if isinstance(c, str) else f"T={c:g}" for c in table.columns]
@@ -182,12 +209,21 @@ Win rate against the reviews' own continuations, by sampling temperature:
 
 {results.markdown_table(table.to_dict("records"), list(table.columns))}
 
-DPO win rate over training (temperature 1, the evaluations' samples):
+{_paired_win_text(paired)}DPO win rate over training (temperature 1, the evaluations' samples):
 
 {results.markdown_table(by_step.to_dict("records"), ["setting", "step", "win_rate", "stderr", "n_tie"])}
 
 Wall time of the win-rate stages: {sum(s for _, _, s in stages) / 60:.1f} minutes over {len(stages)} runs.
 """
+
+
+def _paired_win_text(paired):
+    """The paired win-rate table of `paired_win_rates` for the README, or nothing."""
+    if paired is None or paired.empty:
+        return ""
+    return ("DPO's win rate minus each policy's, paired over the same prompts (95% bootstrap interval):\n\n"
+            + results.markdown_table(paired.to_dict("records"),
+                                     ["run", "method", "temperature", "gap", "low", "high", "verdict"]) + "\n\n")
 
 
 def with_section(path, section):

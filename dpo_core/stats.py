@@ -15,6 +15,7 @@ serves both, so what the prompts share cancels.
     point_intervals(trajectories, ...)       every evaluation's interval, for the figure's error bars
     verdict(gap, low, high, name, paired)    a paired gap in words: no difference, higher or lower
     paired_comparisons(trajectories, ...)    one run against every other: both gaps, with verdicts
+    paired_win_difference(verdicts_a, ...)   win rate of a minus b's, judged on the same prompts, paired
 """
 
 import numpy as np
@@ -170,3 +171,19 @@ def paired_comparisons(trajectories, reference, methods, kls, draws=2000, seed=0
         table["verdict"] = [verdict(r.gap, getattr(r, "low", None), getattr(r, "high", None), reference,
                                     getattr(r, "paired", True)) for r in table.itertuples()]
     return over_range.drop(columns="paired"), at_kl
+
+
+WIN_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}  # a tie counts half, as in `judges.win_rate`
+
+
+def paired_win_difference(verdicts_a, verdicts_b, draws=2000, seed=0, level=0.95):
+    """(gap, low, high): policy a's win rate minus policy b's, both judged prompt by prompt against the
+    same references, with the paired bootstrap interval over prompts (one resample serves both, so
+    what a prompt's reference makes easy or hard cancels). A prompt with an "invalid" verdict on
+    either side is left out of both."""
+    if len(verdicts_a) != len(verdicts_b):
+        raise ValueError(f"a paired comparison needs the same prompts: {len(verdicts_a)} against {len(verdicts_b)}")
+    both = [(WIN_SCORE[a], WIN_SCORE[b]) for a, b in zip(verdicts_a, verdicts_b) if a in WIN_SCORE and b in WIN_SCORE]
+    if not both:
+        return float("nan"), float("nan"), float("nan")
+    return mean_interval([a - b for a, b in both], draws, seed, level)

@@ -172,3 +172,27 @@ def test_held_out_texts_decode_prefix_and_continuation(tmp_path):
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("A great", " film.", "Dull", " plot")]
     prefs = SimpleNamespace(sft_dir=tmp_path, test_prompts=[ids[0], ids[2]], test_references=[ids[1], ids[3]])
     assert report.held_out_texts(prefs) == ["A great film.", "Dull plot"]
+
+
+def test_paired_win_rates_pair_each_policy_with_dpo_prompt_by_prompt(tmp_path):
+    notebook = "09_imdb_win_rates"
+    refs = ["r0", "r1", "r2", "r3"]
+    rows = lambda verdicts: [{"temperature": t, "reference": r, "verdict": v}
+                             for t in (0.0, 1.0) for r, v in zip(refs, verdicts)]
+    write_samples(tmp_path, notebook, "dpo_beta-0.1", rows(["win", "win", "tie", "loss"]))
+    write_samples(tmp_path, notebook, "sft", rows(["loss", "win", "loss", "loss"]))
+    by_temperature = pd.DataFrame({"run": ["dpo_beta-0.1", "sft"], "method": ["dpo", "sft"]})
+    table = report.paired_win_rates(tmp_path, "p", by_temperature, draws=200)
+    assert list(table.temperature) == [0.0, 1.0] and set(table.run) == {"sft"}
+    assert table.gap.tolist() == pytest.approx([(1 + 0 + 0.5 + 0) / 4] * 2)
+    assert (table.low <= table.gap).all() and (table.gap <= table.high).all()
+    section = report.win_rate_section("gold-reward", 8, pd.DataFrame({
+        "method": ["dpo"], "setting": [0.1], "temperature": [0.0], "win_rate": [0.5], "n": [4]}),
+        pd.DataFrame(columns=["setting", "step", "win_rate", "stderr", "n_tie"]), [], [], table)
+    assert "DPO's win rate minus each policy's, paired over the same prompts" in section
+    assert "| sft | sft | 0.000 | 0.375 |" in section
+    write_samples(tmp_path, notebook, "sft", [{**r, "reference": "other"} for r in rows(["win"] * 4)])
+    with pytest.raises(ValueError, match="same references"):
+        report.paired_win_rates(tmp_path, "p", by_temperature)
+    no_dpo = report.paired_win_rates(tmp_path, "p", by_temperature[by_temperature.method == "sft"])
+    assert no_dpo.empty

@@ -12,6 +12,7 @@ from dpo_core.stats import (
     matched_difference,
     mean_interval,
     paired_comparisons,
+    paired_win_difference,
     point_intervals,
     verdict,
 )
@@ -151,3 +152,28 @@ def test_paired_comparisons_with_no_comparable_run():
     over_range, at_kl = paired_comparisons(runs, "ref", {"other_prompts": "ppo"}, [0.5], draws=50)
     assert list(over_range.verdict) == ["not paired: different prompts"] and len(at_kl) == 0 and "verdict" in at_kl
     assert "paired" not in over_range
+
+
+def test_paired_win_difference_hand_computed_ties_half_invalid_dropped():
+    # per prompt: 1 - 0, 1 - 1, 0 - 0, 0.5 - 1 -> mean 0.125; the invalid prompt leaves both sides
+    gap, low, high = paired_win_difference(["win", "win", "loss", "tie", "invalid"],
+                                           ["loss", "win", "loss", "win", "win"])
+    assert gap == pytest.approx(0.125)
+    assert low <= gap <= high
+    assert paired_win_difference(["win"] * 8, ["win"] * 8) == (0.0, 0.0, 0.0)  # the same verdicts: no spread at all
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_win_difference(["win", "loss"], ["win"])
+
+
+def test_paired_win_difference_is_tighter_than_the_unpaired_errors_when_prompts_drive_the_verdicts():
+    # both policies win on the easy half of the prompts and lose on the hard half; a wins 10 more of 200
+    rng = np.random.default_rng(0)
+    easy = rng.random(200) < 0.5
+    b = np.where(easy, "win", "loss")
+    a = b.copy()
+    a[np.flatnonzero(~easy)[:10]] = "win"
+    gap, low, high = paired_win_difference(list(a), list(b))
+    assert gap == pytest.approx(10 / 200)
+    assert low > 0  # paired: a detectable gain
+    unpaired_se = math.sqrt(2 * 0.5 * 0.5 / 200)  # about 0.05: unpaired, 0.05 would sit inside two errors
+    assert high - low < 2 * 1.96 * unpaired_se / 2
