@@ -296,7 +296,7 @@ def bench_eval_point(model_name, precision="fp32", n_prompts=256, new_tokens=32)
         sample_s = _timed(lambda: sample(model, prompts, new_tokens, generator=torch.Generator().manual_seed(0), **ids))
         completions = sample(model, prompts, new_tokens, generator=torch.Generator().manual_seed(0), **ids)
         kl_s = _timed(lambda: sequence_kl(model, reference, prompts, completions, tok.pad_token_id,
-                                          with_reference_logps=True))
+                                          with_diagnostics=True))
         texts = [tok.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
         reward_s = _timed(lambda: reward(texts))
         point_s = _timed(lambda: evaluate_policy(model, reference, prompts, reward, tok, new_tokens, seed=0))

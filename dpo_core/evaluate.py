@@ -56,11 +56,17 @@ def completion_batch(prompts, completions, pad_token_id):
 
 
 def token_kl(policy_logits, reference_logits, labels):
-    """Footnote 3's two per-token terms at N scored positions, from both models' logits there:
-    (N, V), (N, V), (N,) -> sampled (N,), exact (N,), log pi_ref(label) (N,), all fp32.
+    """Footnote 3's two per-token terms at N scored positions, from both models' logits there, and
+    the policy's entropy: (N, V), (N, V), (N,) -> sampled, exact, log pi_ref(label), entropy, each
+    (N,) fp32.
 
         sampled = log p(y_t) - log q(y_t)
         exact   = sum_v p(v) (log p(v) - log q(v))
+        entropy = -sum_v p(v) log p(v)
+
+    entropy + exact = sum_v p(v) (-log q(v)): the expected pi_ref NLL of the policy's next token. So
+    a policy can gain KL by sharpening (entropy falls) or by diffusing (entropy rises): the entropy
+    column of every evaluation says which.
 
     The same quantities as `kl_from_logits` (its oracle in the tests), from the fused fp32
     log-softmax kernel rather than logsumexp's separate max, subtract, exp and sum passes over the
@@ -72,7 +78,8 @@ def token_kl(policy_logits, reference_logits, labels):
     index = labels[:, None]
     reference_logps = log_q.gather(-1, index).squeeze(-1)
     sampled = log_p.gather(-1, index).squeeze(-1) - reference_logps
-    return sampled, exact, reference_logps
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return sampled, exact, reference_logps, entropy
 
 
 def _scored_hidden(model, inputs, scored):
@@ -83,7 +90,7 @@ def _scored_hidden(model, inputs, scored):
 
 def _chunked_token_kl(policy, reference, hidden, targets, chunk_rows):
     """`token_kl` over N scored positions, each model's output layer applied `chunk_rows` rows at a
-    time: (N, H), (N, H), (N,) -> sampled, exact, reference log-probs, each (N,)."""
+    time: (N, H), (N, H), (N,) -> sampled, exact, reference log-probs, policy entropy, each (N,)."""
     heads = policy.get_output_embeddings(), reference.get_output_embeddings()
     chunks = [token_kl(heads[0](hidden[0][i : i + chunk_rows]), heads[1](hidden[1][i : i + chunk_rows]),
                        targets[i : i + chunk_rows])
@@ -92,10 +99,11 @@ def _chunked_token_kl(policy, reference, hidden, targets, chunk_rows):
 
 
 @torch.no_grad()
-def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=64, with_reference_logps=False,
+def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_size=64, with_diagnostics=False,
                 chunk_rows=64):
     """(sampled, exact) sequence-level KL(pi || pi_ref) for each (prompt, completion), each (N,);
-    with_reference_logps, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it.
+    with_diagnostics, also log pi_ref(completion | prompt), (N,): how natural pi_ref finds it, and
+    the policy's entropy summed over the completion's positions, (N,): sharpened or diffused.
 
     The LM heads run on completion positions only, `chunk_rows` positions at a time (`token_kl`;
     a (64, 49,152) fp32 block is 12.5 MB; 16 to 256 rows ran the same): no (B, T, V) logits are ever
@@ -107,7 +115,7 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
     check_plain_output_layer(policy)
     check_plain_output_layer(reference)
     device = next(policy.parameters()).device
-    sampled, exact, reference_logps = [], [], []
+    sampled, exact, reference_logps, entropy = [], [], [], []
     with progress.bar(len(prompts), "KL", enabled=len(prompts) > batch_size, leave=False) as bar:
         for start in range(0, len(prompts), batch_size):
             input_ids, mask, labels = completion_batch(
@@ -121,13 +129,14 @@ def sequence_kl(policy, reference, prompts, completions, pad_token_id, batch_siz
                 hidden = _scored_hidden(policy, inputs, scored), _scored_hidden(reference, inputs, scored)  # (N, H)
                 per_token = _chunked_token_kl(policy, reference, hidden, targets[scored], chunk_rows)
             # back to (B, T-1) and summed along each row: the same order on every device, unlike index_add_
-            s, e, r = (t.new_zeros(scored.shape).masked_scatter_(scored, t).sum(-1).cpu() for t in per_token)
+            s, e, r, h = (t.new_zeros(scored.shape).masked_scatter_(scored, t).sum(-1).cpu() for t in per_token)
             sampled.append(s)
             exact.append(e)
             reference_logps.append(r)
+            entropy.append(h)
             bar.update(len(input_ids))
     out = torch.cat(sampled), torch.cat(exact)
-    return (*out, torch.cat(reference_logps)) if with_reference_logps else out
+    return (*out, torch.cat(reference_logps), torch.cat(entropy)) if with_diagnostics else out
 
 
 def distinct_bigrams(ids):
@@ -140,7 +149,8 @@ def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_token
     """One point of the frontier: fresh pure samples for fixed prompts, with a fixed sampling seed
     (common random numbers across checkpoints and methods), their KL to pi_ref and gold reward.
 
-    Returns (metrics, samples): metrics has kl (exact), kl_sampled, reward, completion_tokens;
+    Returns (metrics, samples): metrics has kl (exact), kl_sampled, reward, completion_tokens,
+    distinct_2, reference_nll and entropy (the policy's own, per token);
     samples is a list of dicts (text, completion ids, reward, per-sample KLs).
     batch_size: prompts decoded together; default `sampling.decode_batch_size` (256 IMDb prompts at
     once). bf16 samples depend on it (the batch shape changes the kernels' sums), so runs that are
@@ -151,22 +161,23 @@ def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_token
     completions = sample(policy, prompts, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed),
                          batch_size=batch_size)
-    kl_sampled, kl_exact, reference_logps = sequence_kl(policy, reference, prompts, completions,
-                                                        tokenizer.pad_token_id, with_reference_logps=True)
+    kl_sampled, kl_exact, reference_logps, entropy = sequence_kl(policy, reference, prompts, completions,
+                                                                 tokenizer.pad_token_id, with_diagnostics=True)
     texts = [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
     rewards = reward(texts)
     policy.train(policy_was_training)
     lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
     # is a reward gain real sentiment or gaming the judge? length, repetition, and how natural pi_ref finds the text
     reference_nll = (-reference_logps / lengths).tolist()
+    entropy = (entropy / lengths).tolist()  # the policy's own per-token entropy at its samples' positions
     distinct = [distinct_bigrams(c) for c in completions]
     metrics = {"kl": kl_exact.mean().item(), "kl_sampled": kl_sampled.mean().item(), "reward": rewards.mean().item(),
                "completion_tokens": lengths.mean().item(), "distinct_2": sum(distinct) / len(distinct),
-               "reference_nll": sum(reference_nll) / len(reference_nll)}
+               "reference_nll": sum(reference_nll) / len(reference_nll), "entropy": sum(entropy) / len(entropy)}
     samples = [{"text": t, "completion_ids": c, "reward": r, "kl": k, "kl_sampled": s, "reference_nll": n,
-                "distinct_2": d}
-               for t, c, r, k, s, n, d in zip(texts, completions, rewards.tolist(), kl_exact.tolist(),
-                                              kl_sampled.tolist(), reference_nll, distinct)]
+                "entropy": h, "distinct_2": d}
+               for t, c, r, k, s, n, h, d in zip(texts, completions, rewards.tolist(), kl_exact.tolist(),
+                                                 kl_sampled.tolist(), reference_nll, entropy, distinct)]
     return metrics, samples
 
 

@@ -33,6 +33,7 @@ from dpo_core.ppo import normalized
 from dpo_core.precision import autocast_state
 from dpo_core.reward import ScalarRewardModel, tie_rate
 from dpo_core.sampling import sample
+from dpo_core.stats import gap_summary
 
 
 def preferences(results_root, profile, run="main"):
@@ -86,7 +87,7 @@ def same_weights(a, b):
 
 # part of the cached pi_ref point's key: raise it whenever the point's computation changes (the
 # sampler's batches or draw, the KL's arithmetic), so a results folder never serves an old point
-POINT_VERSION = "2: 256-row decode batches, two-level draw, completion-only KL"
+POINT_VERSION = "3: 256-row decode batches, two-level draw, completion-only KL, the policy's entropy"
 
 
 def frontier_evaluator(policy, reference, prompts, gold, tokenizer, max_new_tokens, seed, samples, cache_dir):
@@ -156,10 +157,12 @@ def continuations(tokenizer, texts, prompts, n_tokens):
 
 def preference_metrics(pairs, n_ties, scores, completions):
     """Notebook 03's summary of its pairs: counts, the tie rate, the gold reward of all samples and
-    of the chosen and rejected sides, and the mean completion length."""
+    of the chosen and rejected sides, the gold gap's distribution (`stats.gap_summary`) and the mean
+    completion length."""
     return {"n_pairs": len(pairs), "n_ties": n_ties, "tie_rate": tie_rate(scores), "reward_mean": scores.mean().item(),
             "chosen_reward_mean": sum(pairs["chosen_reward"]) / len(pairs),
             "rejected_reward_mean": sum(pairs["rejected_reward"]) / len(pairs),
+            **gap_summary(pairs["chosen_reward"], pairs["rejected_reward"]),
             "completion_tokens_mean": sum(map(len, completions)) / len(completions)}
 
 

@@ -16,6 +16,7 @@ serves both, so what the prompts share cancels.
     verdict(gap, low, high, name, paired)    a paired gap in words: no difference, higher or lower
     paired_comparisons(trajectories, ...)    one run against every other: both gaps, with verdicts
     paired_win_difference(verdicts_a, ...)   win rate of a minus b's, judged on the same prompts, paired
+    gap_summary(chosen, rejected, ...)       the gold-score gap of preference pairs: median, small-gap shares
 """
 
 import numpy as np
@@ -187,3 +188,17 @@ def paired_win_difference(verdicts_a, verdicts_b, draws=2000, seed=0, level=0.95
     if not both:
         return float("nan"), float("nan"), float("nan")
     return mean_interval([a - b for a, b in both], draws, seed, level)
+
+
+def gap_summary(chosen_rewards, rejected_rewards, thresholds=(0.05, 0.1)):
+    """How clear the preference pairs are: the gold-score gap chosen minus rejected (>= 0 by
+    construction), its median and quartiles, and the share of pairs with a gap under each
+    threshold (a label that rests on a tiny gap encodes the judge's noise more than sentiment).
+    Returns a dict: gap_median, gap_q25, gap_q75, gap_under_<t> for each t."""
+    gap = np.asarray(chosen_rewards, dtype=float) - np.asarray(rejected_rewards, dtype=float)
+    if gap.size == 0:
+        raise ValueError("no pairs: a gap summary needs at least one pair")
+    out = {"gap_median": float(np.median(gap)), "gap_q25": float(np.quantile(gap, 0.25)),
+           "gap_q75": float(np.quantile(gap, 0.75))}
+    out.update({f"gap_under_{t:g}": float((gap < t).mean()) for t in thresholds})
+    return out

@@ -300,8 +300,27 @@ def warmup_lr(optimizer, warmup_steps):
 
 def rmsprop_with_warmup(parameters, learning_rate, warmup_steps):
     """The paper's optimizer for every DPO-style stage (App. B): RMSprop at `learning_rate` after a
-    linear warm-up over `warmup_steps` (the paper: 1e-6 and 150). Returns (optimizer, schedule)."""
+    linear warm-up over `warmup_steps` (the paper: 1e-6 and 150). Returns (optimizer, schedule).
+
+    torch's RMSprop (alpha 0.99, no momentum) has no bias correction: its running mean of squared
+    gradients starts at 0, so step t is amplified by about 1/sqrt(1 - 0.99^t) (3.2x at t = 10, 1.3x
+    at 100). The paper's long warm-up hides that; a short one exposes it."""
     optimizer = torch.optim.RMSprop(parameters, lr=learning_rate)
+    return optimizer, warmup_lr(optimizer, warmup_steps)
+
+
+OFFLINE_OPTIMIZERS = ("rmsprop", "adam")
+
+
+def offline_optimizer(name, parameters, learning_rate, warmup_steps):
+    """(optimizer, schedule) for an offline method's run: "rmsprop", the paper's
+    (`rmsprop_with_warmup`), or "adam", bias-corrected with momentum (betas 0.9, 0.999; PPO's
+    optimizer in notebook 06), the control that tells an optimizer effect from a method's."""
+    if name == "rmsprop":
+        return rmsprop_with_warmup(parameters, learning_rate, warmup_steps)
+    if name != "adam":
+        raise ValueError(f"optimizer must be one of {OFFLINE_OPTIMIZERS}, got {name!r}")
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
     return optimizer, warmup_lr(optimizer, warmup_steps)
 
 

@@ -155,11 +155,21 @@ def test_token_kl_equals_the_log_softmax_definitions_in_float64():
     x, y = torch.randn(7, 50, generator=g) * 4, torch.randn(7, 50, generator=g) * 4
     labels = torch.randint(0, 50, (7,), generator=g)
     lp, lq = torch.log_softmax(x.double(), -1), torch.log_softmax(y.double(), -1)
-    sampled, exact, reference = token_kl(x, y, labels)
+    sampled, exact, reference, entropy = token_kl(x, y, labels)
     torch.testing.assert_close(exact.double(), (lp.exp() * (lp - lq)).sum(-1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sampled.double(), (lp - lq)[range(7), labels], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reference.double(), lq[range(7), labels], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(entropy.double(), -(lp.exp() * lp).sum(-1), rtol=1e-5, atol=1e-6)
+    # entropy + KL = the expected pi_ref NLL of the policy's next token (cross-entropy), computed apart
+    torch.testing.assert_close((entropy + exact).double(), -(lp.exp() * lq).sum(-1), rtol=1e-5, atol=1e-5)
     assert torch.all(token_kl(x, x.clone(), labels)[1] == 0)
+
+
+def test_token_entropy_hand_computed():
+    """Uniform over 4 tokens: ln 4; one token certain (others at -inf-like logits): 0."""
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]])
+    entropy = token_kl(logits, logits.clone(), torch.tensor([0, 0]))[3]
+    torch.testing.assert_close(entropy, torch.tensor([math.log(4), 0.0]), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 5, 64])
@@ -171,8 +181,9 @@ def test_sequence_kl_equals_the_full_logits_oracle(chunk_rows):
     prompts = encoded(tok)
     completions = [c[: 3 + 2 * i] for i, c in enumerate(
         sample(policy, prompts, 9, generator=torch.Generator().manual_seed(0), pad_token_id=256))]
-    sampled, exact, reference_logps = sequence_kl(policy, reference, prompts, completions, 256, batch_size=2,
-                                                  with_reference_logps=True, chunk_rows=chunk_rows)
+    sampled, exact, reference_logps, entropy = sequence_kl(policy, reference, prompts, completions, 256,
+                                                           batch_size=2, with_diagnostics=True,
+                                                           chunk_rows=chunk_rows)
     input_ids, mask, labels = completion_batch(prompts, completions, 256)
     inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
     with torch.no_grad():
@@ -181,6 +192,11 @@ def test_sequence_kl_equals_the_full_logits_oracle(chunk_rows):
     torch.testing.assert_close(exact, oracle_exact, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sampled, oracle_sampled, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(reference_logps, sequence_logps(reference_logits, labels), rtol=1e-5, atol=1e-5)
+    # the policy's entropy summed over completion positions, from the full logits in float64
+    log_p = torch.log_softmax(policy_logits[:, :-1].double(), -1)
+    mask = labels[:, 1:] != -100
+    oracle_entropy = (-(log_p.exp() * log_p).sum(-1) * mask).sum(-1)
+    torch.testing.assert_close(entropy.double(), oracle_entropy, rtol=1e-5, atol=1e-4)
     assert (exact > 0).all()
 
 

@@ -177,3 +177,19 @@ def test_paired_win_difference_is_tighter_than_the_unpaired_errors_when_prompts_
     assert low > 0  # paired: a detectable gain
     unpaired_se = math.sqrt(2 * 0.5 * 0.5 / 200)  # about 0.05: unpaired, 0.05 would sit inside two errors
     assert high - low < 2 * 1.96 * unpaired_se / 2
+
+
+def test_gap_summary_hand_computed():
+    """Dyadic scores, so every gap is exact: gaps 0.75, 0.125, 0.25, 0.5, 0.25."""
+    from dpo_core.stats import gap_summary
+    chosen = [1.0, 0.5, 0.75, 0.75, 0.5]
+    rejected = [0.25, 0.375, 0.5, 0.25, 0.25]
+    out = gap_summary(chosen, rejected, thresholds=(0.25, 0.5))
+    assert out["gap_median"] == 0.25
+    assert out["gap_under_0.25"] == 1 / 5  # 0.125 only: strictly under
+    assert out["gap_under_0.5"] == 3 / 5  # 0.125 and the two 0.25s
+    assert out["gap_q25"] == 0.25 and out["gap_q75"] == 0.5
+    default = gap_summary([0.9, 0.5, 0.3], [0.1, 0.47, 0.22])  # gaps 0.8, 0.03, 0.08
+    assert default["gap_under_0.05"] == pytest.approx(1 / 3) and default["gap_under_0.1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no pairs"):
+        gap_summary([], [])

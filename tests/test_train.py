@@ -10,6 +10,7 @@ from learned import PAIRS, dpo_one_step_gain
 
 from dpo_core.data import collate_pairs, encode_pair
 from dpo_core.models import disable_dropout
+from dpo_core import train
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import dpo_step, reference_logps
 
@@ -147,3 +148,17 @@ def test_held_out_accuracy_is_indifferent_at_pi_ref_then_tracks_training(tmp_pat
         dpo_step(policy, optimizer, batch, ref_c, ref_r, 0.1)
     trained = evaluate(5)
     assert trained["eval_margin"] > 0.05 and trained["eval_accuracy"] > 0.5 and trained["eval_loss"] < math.log(2)
+
+
+def test_offline_optimizers_first_step_against_hand_computed_values():
+    """RMSprop (the paper's, no bias correction) moves a weight by lr * g / sqrt(0.01 g^2) = 10 lr at
+    its first step; Adam (bias-corrected) by lr. The warm-up scales both (step 1 of 4: a quarter)."""
+    for name, first_step in (("rmsprop", 10.0), ("adam", 1.0)):
+        weight = torch.nn.Parameter(torch.tensor([0.0]))
+        optimizer, schedule = train.offline_optimizer(name, [weight], 1e-3, warmup_steps=4)
+        (weight * 3.0).sum().backward()  # gradient 3
+        optimizer.step()
+        schedule.step()
+        assert weight.item() == pytest.approx(-first_step * 1e-3 / 4, rel=1e-4), name
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train.offline_optimizer("sgd", [torch.nn.Parameter(torch.zeros(1))], 1e-3, 1)
