@@ -4,6 +4,7 @@
 #   make numerics              the CPU-kernel-sensitive tests alone (CI reruns them under another ATEN_CPU_CAPABILITY)
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
+#   make study [PROFILE=cpu]   the extensions: lr probe, optimizer control, data scaling: figures/STUDY.md
 #   make bench                 dpo_core against TRL and model.generate, the levers, step time vs length: bench/
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
@@ -23,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test unit numerics nbval assets figures bench lab clean distclean
+.PHONY: install test unit numerics nbval assets figures study bench lab clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -142,6 +143,49 @@ $(R)/11_tldr_dpo/%/FINISHED: notebooks/11_tldr_dpo.ipynb params/$(PROFILE)/11_tl
 
 $(R)/12_hh_dpo/%/FINISHED: notebooks/12_hh_dpo.ipynb params/$(PROFILE)/12_hh_dpo.yaml | install
 	$(call RUN,12_hh_dpo,params/$(PROFILE)/12_hh_dpo.yaml) -p run_name $*
+
+# The fair frontier's extensions (notebook 13): every run of params/<profile>/study/<notebook>/<run>.yaml,
+# the same notebooks 03, 04 and 06 writing into their own tree results/<profile>-study/ (the frontier
+# figure never sees them), on the figure's SFT and pairs (linked, not rerun); then notebook 13 writes
+# figures/STUDY.md and figures/dpo_vs_preference_data.{png,pdf}. Its pairs may name the figure's own runs.
+S     := results/$(PROFILE)-study
+SP    := params/$(PROFILE)/study
+SR    := $(S)/$(PROFILE)
+S03   := $(basename $(notdir $(wildcard $(SP)/03_imdb_preferences/*.yaml)))
+S04   := $(basename $(notdir $(wildcard $(SP)/04_imdb_dpo_and_baselines/*.yaml)))
+S06   := $(basename $(notdir $(wildcard $(SP)/06_imdb_ppo/*.yaml)))
+SRUNS := $(words $(S03) $(S04) $(S06))
+SRUN   = echo "[study] $(1) $(notdir $(@D)): starting; $$(find $(SR) -name FINISHED 2>/dev/null | wc -l) of $(SRUNS) study runs finished" \
+         && mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root $(S)
+STUDYFIG := $(SR)/13_fig_study/main/executed.ipynb
+LINKED   := $(SR)/02_imdb_sft/main/FINISHED $(SR)/03_imdb_preferences/main/FINISHED
+
+study: assets $(STUDYFIG)
+	@echo "The study is in figures/STUDY.md (the smoke profile writes to build/smoke/figures); runs in $(S)/."
+
+LINK = mkdir -p $(dir $(@D)) && ln -sfn $(abspath $(<D)) $(@D)
+$(SR)/02_imdb_sft/main/FINISHED: $(R)/02_imdb_sft/main/FINISHED
+	@$(LINK)
+$(SR)/03_imdb_preferences/main/FINISHED: $(R)/03_imdb_preferences/main/FINISHED
+	@$(LINK)
+
+$(SR)/03_imdb_preferences/%/FINISHED: notebooks/03_imdb_preferences.ipynb $(SP)/03_imdb_preferences/%.yaml $(LINKED)
+	$(call SRUN,03_imdb_preferences,$(SP)/03_imdb_preferences/$*.yaml)
+
+$(SR)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.ipynb \
+		$(SP)/04_imdb_dpo_and_baselines/%.yaml $(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+	$(call SRUN,04_imdb_dpo_and_baselines,$(SP)/04_imdb_dpo_and_baselines/$*.yaml)
+
+$(SR)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb $(SP)/06_imdb_ppo/%.yaml \
+		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+	$(call SRUN,06_imdb_ppo,$(SP)/06_imdb_ppo/$*.yaml)
+
+$(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
+		$(S04:%=$(SR)/04_imdb_dpo_and_baselines/%/FINISHED) $(S06:%=$(SR)/06_imdb_ppo/%/FINISHED) \
+		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED)
+	@mkdir -p $(@D)
+	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/13_fig_study.yaml -p profile $(PROFILE) -p study_root $(S)
+	mv $(@D)/executing.ipynb $@
 
 # Speed and memory side by side with TRL (a dev-only dependency), on the tiny model and the
 # cpu policy; writes bench/RESULTS.md. Not part of `make test`: timings are never tests.

@@ -207,6 +207,15 @@ def review_prefixes(tokenizer, texts, min_tokens, max_tokens, seed):
     return prefixes
 
 
+def sentence_prefixes(tokenizer, texts, per_text, min_tokens, max_tokens, seed):
+    """More prompts than texts, for the data-scaling study: the first 2-8 tokens (drawn as in
+    `review_prefixes`) of each text's first `per_text` lines, text-major (text 0's lines, then text
+    1's, ...). Pang & Lee's reviews hold one sentence a line, so line 0 is the paper's prompt (the
+    review's opening) and the others open its next sentences. Texts with fewer lines give fewer."""
+    lines = [line for text in texts for line in [l for l in text.split("\n") if l.strip()][:per_text]]
+    return review_prefixes(tokenizer, lines, min_tokens, max_tokens, seed)
+
+
 def lm_chunks(tokenizer, texts, length):
     """Consecutive `length`-token windows of the texts, each text ended by EOS, for SFT."""
     stream = []

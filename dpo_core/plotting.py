@@ -5,6 +5,7 @@
     LiveCurves                loss, accuracy, KL and reward against step, redrawn in place at each evaluation
     save_figure               PNG + PDF
     win_rate_figure           plot_win_rates on a new figure, titled and saved
+    plot_gap_against_data     the data-scaling study: DPO minus PPO-GT at matched KL against the pairs
 """
 
 import matplotlib.pyplot as plt
@@ -122,3 +123,23 @@ class LiveCurves:
         plane_ax.set(xlabel="KL", ylabel="gold reward", title="frontier point")
         self.fig.tight_layout()
         self.handle.update(self.fig)
+
+
+def plot_gap_against_data(scaling, ax=None):
+    """The data-scaling study: DPO's reward minus PPO-GT's at matched KL (`report.scaling_rows`:
+    run, pairs, kl, gap, low, high) against the number of preference pairs (log axis), one line per
+    KL, bars the paired 95% intervals. The range rows ("a-b") are left out: their KL spans differ."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    points = scaling[~scaling.kl.str.contains("-")]
+    for i, (kl, rows) in enumerate(points.groupby("kl", sort=False)):
+        rows = rows.sort_values("pairs")
+        ax.errorbar(rows.pairs, rows.gap, yerr=[rows.gap - rows.low, rows.high - rows.gap], marker="o", ms=4,
+                    capsize=3, lw=1, label=f"at KL {kl}", color=f"C{i}")
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set(xlabel="preference pairs DPO trains on (each seen at most once)",
+           ylabel="DPO minus PPO-GT, mean gold reward", title="Does DPO catch PPO-GT with more preference data?")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax

@@ -11,6 +11,10 @@ figures show, read back from finished result files only, and the record of what 
     win_rates_over_training(...)  Fig. 3 (right): each DPO run's win rate at each evaluation
     win_rate_section(...)         notebook 10's section of figures/README.md
     with_section(path, section)   the README with that section replaced (or appended)
+    study_run_dir(...)            a run of the study tree (`make study`), else of the figure's tree
+    paired_gap_rows(...)          a minus b paired at matched KL, over the shared range and at given KLs
+    evaluation_rows(...)          every evaluation of some runs with its interval and diagnostics
+    scaling_rows(...)             the data-scaling study: per preference-set size, DPO minus PPO-GT
 """
 
 import datetime
@@ -231,3 +235,111 @@ def with_section(path, section):
     everything from WIN_RATE_MARK on replaced by `section`: notebook 08 writes the rest of the file."""
     previous = Path(path).read_text() if Path(path).exists() else "# figures/\n"
     return previous.split(WIN_RATE_MARK)[0].rstrip() + "\n\n" + section
+
+
+def study_run_dir(study_root, figure_root, profile, spec):
+    """The run "<notebook>/<run>": finished in the study tree (`make study`: results/<profile>-study),
+    else finished in the figure's tree (results/: the study compares its runs with the figure's own,
+    a second seed with the first), else the study tree's path (unfinished). Creates nothing."""
+    notebook, run = spec.split("/")
+    paths = [(Path(root) if Path(root).is_absolute() else results.repo_root() / root) / profile / notebook / run
+             for root in (study_root, figure_root)]
+    return next((path for path in paths if (path / "FINISHED").exists()), paths[0])
+
+
+def paired_gap_rows(trajectories, pairs, kls, draws=2000):
+    """For each (a, b) of `pairs` (keys of `trajectories`): a's reward minus b's, paired over the same
+    prompts at matched KL, over their shared KL range ("range") and at each KL of `kls` both reach,
+    each with its 95% interval and `stats.verdict`. Returns a DataFrame: a, b, kl, gap, low, high, verdict."""
+    rows = []
+    for a, b in pairs:
+        over = stats.matched_difference(trajectories[a], trajectories[b], draws)
+        rows.append({"a": a, "b": b, "kl": f"{over['kl_low']:.2f}-{over['kl_high']:.2f}", "gap": over["gap"],
+                     "low": over["low"], "high": over["high"]})
+        rows += [{"a": a, "b": b, "kl": f"{r['kl']:g}", "gap": r["gap"], "low": r["low"], "high": r["high"]}
+                 for r in stats.difference_at(trajectories[a], trajectories[b], kls, draws) if not pd.isna(r["gap"])]
+    frame = pd.DataFrame(rows, columns=["a", "b", "kl", "gap", "low", "high"])
+    frame["verdict"] = [stats.verdict(r.gap, r.low, r.high, "a") for r in frame.itertuples()]
+    return frame
+
+
+EVALUATION_COLUMNS = ["run", "step", "kl", "reward", "reward_low", "reward_high", "entropy", "reference_nll",
+                      "completion_tokens", "distinct_2"]
+
+
+def evaluation_rows(run_dirs, draws=2000):
+    """Every evaluation of the runs {name: run directory}, with the 95% interval of its reward over
+    prompts and the diagnostics that tell sentiment from gaming: the policy's per-token entropy at its
+    samples, pi_ref's NLL of them, length, distinct bigrams. Columns EVALUATION_COLUMNS."""
+    rows = []
+    for name, path in run_dirs.items():
+        metrics, t = pd.read_csv(Path(path) / "metrics.csv"), imdb.trajectory(path)
+        for i, row in enumerate(metrics.sort_values("step").itertuples()):
+            _, low, high = stats.mean_interval(t["reward"][i], draws)
+            rows.append({"run": name, "step": row.step, "kl": row.kl, "reward": row.reward, "reward_low": low,
+                         "reward_high": high, "entropy": getattr(row, "entropy", float("nan")),
+                         "reference_nll": getattr(row, "reference_nll", float("nan")),
+                         "completion_tokens": row.completion_tokens,
+                         "distinct_2": getattr(row, "distinct_2", float("nan"))})
+    return pd.DataFrame(rows, columns=EVALUATION_COLUMNS)
+
+
+def scaling_rows(trajectories, sizes, ppo_gt, kls, draws=2000):
+    """The data-scaling study: for each DPO run of `sizes` ({run: (prompts, pairs)}), its reward minus
+    PPO-GT's (`ppo_gt`, a key of `trajectories`) at each KL of `kls` and over the shared range, paired.
+    Returns a DataFrame: run, prompts, pairs, kl, gap, low, high, verdict."""
+    gaps = paired_gap_rows(trajectories, [(run, ppo_gt) for run in sizes], kls, draws)
+    gaps.insert(1, "prompts", [sizes[a][0] for a in gaps.a])
+    gaps.insert(2, "pairs", [sizes[a][1] for a in gaps.a])
+    return gaps.drop(columns="b").rename(columns={"a": "run"})
+
+
+def study_readme(profile, stages, evaluations, lr_gaps, other_gaps, scaling, pair_sets, unfinished):
+    """figures/STUDY.md as notebook 13 writes it: the fair frontier's extensions (`make study`) with
+    their numbers: every evaluation of every study run (`evaluation_rows`), the learning-rate probe's
+    and the other paired gaps (`paired_gap_rows`), the data-scaling table (`scaling_rows`), the
+    preference sets' sizes and gold-gap distribution (`pair_sets`), and each stage's wall time."""
+    stage_rows = [{"notebook": n, "run": r, "minutes": s / 60} for n, r, s in stages]
+    gap_columns = ["a", "b", "kl", "gap", "low", "high", "verdict"]
+    return f"""# The study: the fair frontier's extensions
+
+Regenerated by `notebooks/13_fig_study.ipynb` (`make study`); do not edit by hand.
+
+- profile: `{profile}`; commit: `{results.git_commit()}`; made {datetime.date.today().isoformat()}
+- every gap: a's mean gold reward minus b's at the same KL (both interpolated along their evaluations),
+  paired over the same held-out prompts and sampling seed, 95% bootstrap interval over prompts;
+  "no difference" when it holds 0. The `kl` column: one KL, or the shared range the gap is averaged over.
+- unfinished runs left out: {", ".join(unfinished) or "none"}
+
+## The learning-rate probe: DPO's learning rate chosen on the whole KL range
+
+{_table(lr_gaps, gap_columns, "(no learning-rate runs)")}
+
+## Other paired comparisons (the optimizer control, seeds, the other losses)
+
+{_table(other_gaps, gap_columns, "(none)")}
+
+## Data scaling: DPO against PPO-GT as the preference data grows
+
+![DPO minus PPO-GT against the preference pairs](dpo_vs_preference_data.png)
+
+{_table(scaling, ["run", "prompts", "pairs", "kl", "gap", "low", "high", "verdict"], "(no data-scaling runs)")}
+
+The preference sets (gold-score gap chosen minus rejected: median, quartiles, share under 0.05 and 0.1):
+
+{_table(pair_sets, list(pair_sets.columns) if len(pair_sets) else [], "(none)")}
+
+## Every evaluation of every study run
+
+entropy: the policy's per-token entropy at its own samples; reference_nll: pi_ref's per-token NLL of them.
+In expectation reference_nll = entropy + KL / completion_tokens: a policy that gains KL by raising its
+entropy diffuses, one that lowers it sharpens toward what it prefers.
+
+{_table(evaluations, EVALUATION_COLUMNS, "(no runs)")}
+
+## Wall time of each stage
+
+{results.markdown_table(stage_rows, ["notebook", "run", "minutes"])}
+
+Total: {sum(s for _, _, s in stages) / 60:.1f} minutes.
+"""

@@ -60,3 +60,15 @@ def test_preference_rows_all_pairs_by_score_ties_and_identical_samples_dropped()
     assert [(r["chosen_ids"], r["rejected_ids"]) for r in rows] == [([10], [11]), ([10], [12]), ([12], [11]),
                                                                    ([21], [20])]  # [20] vs [20] dropped
     assert rows[0]["chosen_reward"] == pytest.approx(0.9) and rows[0]["prompt_ids"] == [1]
+
+
+def test_sentence_prefixes_take_each_texts_first_lines_text_major():
+    """Line 0 of a text is its opening (the paper's prompt); lines 1.. open its next sentences; a
+    text with fewer lines gives fewer prompts; blank lines are skipped; lengths drawn as review_prefixes'."""
+    from dpo_core.data import review_prefixes, sentence_prefixes
+    tok = byte_tokenizer()
+    texts = ["good film . \nbad plot . \nfine cast . ", "one line only . ", "a . \n\nb . \nc . "]
+    got = sentence_prefixes(tok, texts, 2, 2, 4, seed=0)
+    lines = ["good film . ", "bad plot . ", "one line only . ", "a . ", "b . "]
+    assert got == review_prefixes(tok, lines, 2, 4, seed=0)
+    assert len(got) == 5 and got[0] == tok("good film . ", add_special_tokens=False)["input_ids"][: len(got[0])]

@@ -95,6 +95,23 @@ def test_params_file_exists_and_names_only_real_parameters(path, profile):
     assert set(pm.inspect_notebook(str(path))) == set(declared)
 
 
+STUDY_FILES = sorted((ROOT / "params").glob("*/study/*/*.yaml"))
+
+
+@pytest.mark.parametrize("params_file", STUDY_FILES, ids=lambda p: f"{p.parts[-4]}-{p.parent.name}-{p.stem}")
+def test_study_params_name_only_real_parameters_of_their_notebook(params_file):
+    """`make study` runs notebook <dir>.ipynb with each params/<profile>/study/<dir>/<run>.yaml."""
+    path = ROOT / "notebooks" / f"{params_file.parent.name}.ipynb"
+    assert path.is_file(), f"{params_file.relative_to(ROOT)}: no notebook {path.name}"
+    declared = declared_parameters(path)
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}
+    overrides = yaml.safe_load(params_file.read_text()) or {}
+    assert not set(overrides) - set(declared), f"{params_file.name} sets {sorted(set(overrides) - set(declared))}"
+    for name, value in overrides.items():
+        assert isinstance(value, types[declared[name]]), f"{params_file.name}: {name} should be {declared[name]}"
+    assert overrides.get("run_name") == params_file.stem, f"{params_file}: run_name must equal the file name"
+
+
 def execute(path, parameters, name):
     out = ROOT / "build" / "smoke" / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -196,3 +196,65 @@ def test_paired_win_rates_pair_each_policy_with_dpo_prompt_by_prompt(tmp_path):
         report.paired_win_rates(tmp_path, "p", by_temperature)
     no_dpo = report.paired_win_rates(tmp_path, "p", by_temperature[by_temperature.method == "sft"])
     assert no_dpo.empty
+
+
+def linear_run(root, run, kl_per_step, reward_of_kl, steps=(0, 10, 20), prompts=40, seed=0):
+    """A finished-looking run whose every prompt sits at KL kl_per_step * step and reward
+    reward_of_kl(kl) plus per-prompt noise shared by every run of the same seed (paired)."""
+    noise = np.random.default_rng(seed).normal(0, 0.05, prompts)
+    rows, metrics = [], []
+    for s in steps:
+        kl = kl_per_step * s
+        rows += [{"step": s, "kl": kl, "reward": reward_of_kl(kl) + noise[i]} for i in range(prompts)]
+        metrics.append({"step": s, "kl": kl, "reward": reward_of_kl(kl) + noise.mean(), "completion_tokens": 8.0,
+                        "entropy": 3.0 - s / 100, "reference_nll": 4.0, "distinct_2": 1.0})
+    path = write_samples(root, "04_imdb_dpo_and_baselines", run, rows)
+    results.save_rows(path / "metrics.csv", metrics)
+    return path
+
+
+def test_paired_gap_rows_find_a_known_constant_gap_and_no_gap_between_twins(tmp_path):
+    """a = b + 0.1 at every KL, with the same per-prompt noise: the gap is 0.1 exactly, its interval
+    tight around it, over the range and at each KL both reach; a run against its twin: no difference."""
+    from dpo_core import imdb
+    a = linear_run(tmp_path, "a", 0.2, lambda kl: 0.5 + 0.05 * kl + 0.1)  # KL 0 .. 4
+    b = linear_run(tmp_path, "b", 0.1, lambda kl: 0.5 + 0.05 * kl)  # KL 0 .. 2
+    twin = linear_run(tmp_path, "twin", 0.1, lambda kl: 0.5 + 0.05 * kl)
+    t = {name: imdb.trajectory(path) for name, path in (("a", a), ("b", b), ("twin", twin))}
+    gaps = report.paired_gap_rows(t, [("a", "b"), ("b", "twin")], [1.0, 2.0, 4.0], draws=200)
+    ab = gaps[gaps.b == "b"]
+    assert list(ab.kl) == ["0.00-2.00", "1", "2"]  # KL 4: b never reaches it
+    np.testing.assert_allclose(ab.gap, 0.1, atol=1e-12)
+    assert (ab.verdict == "a higher").all()
+    twins = gaps[gaps.b == "twin"]
+    np.testing.assert_allclose(twins.gap, 0.0, atol=1e-12)
+    assert (twins.verdict == "no difference").all()
+
+
+def test_evaluation_rows_and_scaling_rows(tmp_path):
+    from dpo_core import imdb
+    small = linear_run(tmp_path, "small", 0.1, lambda kl: 0.5)
+    large = linear_run(tmp_path, "large", 0.1, lambda kl: 0.6)
+    ppo = linear_run(tmp_path, "ppo", 0.1, lambda kl: 0.55)
+    rows = report.evaluation_rows({"small": small}, draws=200)
+    assert list(rows.step) == [0, 10, 20] and list(rows.entropy) == [3.0, 2.9, 2.8]
+    assert (rows.reward_low < rows.reward).all() and (rows.reward < rows.reward_high).all()
+    t = {name: imdb.trajectory(path) for name, path in (("small", small), ("large", large), ("ppo", ppo))}
+    scaling = report.scaling_rows(t, {"small": (192, 1152), "large": (768, 4608)}, "ppo", [1.0], draws=200)
+    at_1 = scaling[scaling.kl == "1"].set_index("run")
+    np.testing.assert_allclose(at_1.loc["small", "gap"], -0.05, atol=1e-12)
+    np.testing.assert_allclose(at_1.loc["large", "gap"], 0.05, atol=1e-12)
+    assert at_1.loc["large", "pairs"] == 4608 and at_1.loc["small", "verdict"] == "a lower"
+
+
+def test_study_run_dir_prefers_the_study_tree_and_creates_nothing(tmp_path):
+    study, figure = tmp_path / "study", tmp_path / "figure"
+    spec = "04_imdb_dpo_and_baselines/x"
+    assert report.study_run_dir(study, figure, "p", spec) == study / "p" / spec and not study.exists()
+    (figure / "p" / spec).mkdir(parents=True)
+    (figure / "p" / spec / "FINISHED").touch()
+    assert report.study_run_dir(study, figure, "p", spec) == figure / "p" / spec
+    (study / "p" / spec).mkdir(parents=True)
+    assert report.study_run_dir(study, figure, "p", spec) == figure / "p" / spec  # the study's is unfinished
+    (study / "p" / spec / "FINISHED").touch()
+    assert report.study_run_dir(study, figure, "p", spec) == study / "p" / spec
