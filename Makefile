@@ -153,8 +153,9 @@ SP    := params/$(PROFILE)/study
 SR    := $(S)/$(PROFILE)
 S03   := $(basename $(notdir $(wildcard $(SP)/03_imdb_preferences/*.yaml)))
 S04   := $(basename $(notdir $(wildcard $(SP)/04_imdb_dpo_and_baselines/*.yaml)))
+S05   := $(basename $(notdir $(wildcard $(SP)/05_imdb_reward_model/*.yaml)))
 S06   := $(basename $(notdir $(wildcard $(SP)/06_imdb_ppo/*.yaml)))
-SRUNS := $(words $(S03) $(S04) $(S06))
+SRUNS := $(words $(S03) $(S04) $(S05) $(S06))
 SRUN   = echo "[study] $(1) $(notdir $(@D)): starting; $$(find $(SR) -name FINISHED 2>/dev/null | wc -l) of $(SRUNS) study runs finished" \
          && mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root $(S)
 STUDYFIG := $(SR)/13_fig_study/main/executed.ipynb
@@ -176,12 +177,17 @@ $(SR)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.
 		$(SP)/04_imdb_dpo_and_baselines/%.yaml $(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
 	$(call SRUN,04_imdb_dpo_and_baselines,$(SP)/04_imdb_dpo_and_baselines/$*.yaml)
 
+$(SR)/05_imdb_reward_model/%/FINISHED: notebooks/05_imdb_reward_model.ipynb $(SP)/05_imdb_reward_model/%.yaml \
+		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+	$(call SRUN,05_imdb_reward_model,$(SP)/05_imdb_reward_model/$*.yaml)
+
 $(SR)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb $(SP)/06_imdb_ppo/%.yaml \
 		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
 	$(call SRUN,06_imdb_ppo,$(SP)/06_imdb_ppo/$*.yaml)
 
 $(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
-		$(S04:%=$(SR)/04_imdb_dpo_and_baselines/%/FINISHED) $(S06:%=$(SR)/06_imdb_ppo/%/FINISHED) \
+		$(S04:%=$(SR)/04_imdb_dpo_and_baselines/%/FINISHED) $(S05:%=$(SR)/05_imdb_reward_model/%/FINISHED) \
+		$(S06:%=$(SR)/06_imdb_ppo/%/FINISHED) \
 		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED)
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/13_fig_study.yaml -p profile $(PROFILE) -p study_root $(S)

@@ -195,6 +195,17 @@ def split_by_prompt(prompts, held_out_fraction, seed):
     return [i for i, h in enumerate(flags) if not h], [i for i, h in enumerate(flags) if h]
 
 
+def first_prompts(prompts, n):
+    """Indices of the rows whose prompt is among the first `n` distinct prompts, in order of first
+    appearance: the pairs of a smaller preference set nested in a larger one (the data-scaling study).
+    Raises if there are fewer than `n` distinct prompts."""
+    order = list(dict.fromkeys(tuple(p) for p in prompts))
+    if len(order) < n:
+        raise ValueError(f"{n} prompts asked for, the preference set has {len(order)}")
+    keep = set(order[:n])
+    return [i for i, p in enumerate(prompts) if tuple(p) in keep]
+
+
 def review_prefixes(tokenizer, texts, min_tokens, max_tokens, seed):
     """The paper's IMDb prompts: the first 2-8 tokens of each review (App. C.1), the length
     drawn uniformly per review with a seeded generator. Returns lists of ids."""

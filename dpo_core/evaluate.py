@@ -181,11 +181,21 @@ def evaluate_policy(policy, reference, prompts, reward, tokenizer, max_new_token
     return metrics, samples
 
 
-@torch.no_grad()
 def preference_accuracy(policy, examples, reference_chosen_logps, reference_rejected_logps, beta, pad_token_id,
                         batch_size=16):
     """DPO's loss and implicit-reward accuracy (Eq. 7, Eq. 5) on held-out preference pairs:
     how often beta * log pi/pi_ref ranks the human-chosen answer first (ties count as wrong)."""
+    losses, margins = preference_margins(policy, examples, reference_chosen_logps, reference_rejected_logps, beta,
+                                         pad_token_id, batch_size)
+    return {"eval_loss": losses.mean().item(), "eval_accuracy": (margins > 0).float().mean().item(),
+            "eval_margin": margins.mean().item()}
+
+
+@torch.no_grad()
+def preference_margins(policy, examples, reference_chosen_logps, reference_rejected_logps, beta, pad_token_id,
+                       batch_size=16):
+    """Per held-out pair, DPO's loss (Eq. 7) and its implicit-reward margin r(x, y_w) - r(x, y_l)
+    (Eq. 5): (losses (N,), margins (N,)); a pair is ranked right when its margin is > 0."""
     was_training = policy.training
     policy.eval()
     device = next(policy.parameters()).device
@@ -199,9 +209,7 @@ def preference_accuracy(policy, examples, reference_chosen_logps, reference_reje
         losses.append(loss)
         margins.append(chosen_rewards - rejected_rewards)
     policy.train(was_training)
-    losses, margins = torch.cat(losses), torch.cat(margins)
-    return {"eval_loss": losses.mean().item(), "eval_accuracy": (margins > 0).float().mean().item(),
-            "eval_margin": margins.mean().item()}
+    return torch.cat(losses), torch.cat(margins)
 
 
 def best_of_n_kl_bound(n):

@@ -11,22 +11,29 @@ figures show, read back from finished result files only, and the record of what 
     win_rates_over_training(...)  Fig. 3 (right): each DPO run's win rate at each evaluation
     win_rate_section(...)         notebook 10's section of figures/README.md
     with_section(path, section)   the README with that section replaced (or appended)
+    compute_rows(...)             what each trained run got: gold queries, steps, sequences, FLOPs, time
     study_run_dir(...)            a run of the study tree (`make study`), else of the figure's tree
     paired_gap_rows(...)          a minus b paired at matched KL, over the shared range and at given KLs
     evaluation_rows(...)          every evaluation of some runs with its interval and diagnostics
     scaling_rows(...)             the data-scaling study: per preference-set size, DPO minus PPO-GT
+    training_set_rows(...)        each run's training pairs: prompts, pairs, the gold gap's distribution
+    held_out_accuracy_rows(...)   DPO's implicit reward and the RM on held-out pairs, with intervals
 """
 
 import datetime
+import json
+import math
 from pathlib import Path
 
+import datasets
 import pandas as pd
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
-from dpo_core import imdb, judges, results, stats
+from dpo_core import budget, data, imdb, judges, results, stats
 
 FINAL_COLUMNS = ["method", "setting", "run", "step", "kl", "kl_sampled", "reward", "reward_low", "reward_high",
-                 "completion_tokens", "distinct_2", "reference_nll"]
+                 "completion_tokens", "distinct_2", "reference_nll", "entropy"]
 PPO_COLUMNS = ["run", "target", "step", "kl", "kl_over_target", "within_25%", "reward"]
 LOOP_COLUMNS = ["run", "method", "step", "loops", "reward_loops", "reward_rest", "reference_nll"]
 WIN_RATE_MARK = "<!-- win rates: written by notebooks/10_fig_win_rates.ipynb -->"
@@ -85,12 +92,16 @@ def _table(frame, columns, empty):
 
 
 def frontier_readme(fig_name, profile, n_prompts, draws, unfinished, stages, final, *, reference_reward,
-                    reference_loops, loops, ppo, reference_run, comparisons, at_kl, compare_at_kl):
+                    reference_loops, loops, ppo, reference_run, comparisons, at_kl, compare_at_kl, compute=None,
+                    evaluations=None):
     """figures/README.md as notebook 08 writes it: what made Fig. 2 (left) (profile, commit, date,
     how the points and intervals are computed, the runs left out, each stage's wall time from
     `stages`, (notebook, run, seconds)) and its numbers: the final points (`final_points`), pi_ref's
     reward and loop share, `loop_shares`, `ppo_against_target` and `stats.paired_comparisons`'
-    two tables of `reference_run` against every other run."""
+    two tables of `reference_run` against every other run; `compute_rows` (what each run got under
+    the budget rule) and `evaluation_rows` (every evaluation with its diagnostics) when given."""
+    compute = pd.DataFrame() if compute is None else compute
+    evaluations = pd.DataFrame() if evaluations is None else evaluations
     stage_rows = [{"notebook": n, "run": r, "minutes": s / 60} for n, r, s in stages]
     return f"""# figures/
 
@@ -136,6 +147,19 @@ Paired comparisons: `{reference_run}`'s reward minus each run's at matched KL (m
 The same gap point by point, at each KL of {compare_at_kl} that both runs reach:
 
 {_table(at_kl, ["run", "method", "kl", "gap", "low", "high", "verdict"], "(no shared KLs)")}
+
+What each trained run got (`dpo_core/budget.py`: the budget rule is equal sequences through a backward pass;
+gold queries: the preference set's labels for the offline methods, the rollouts' and the reward normaliser's
+for PPO-GT; TFLOPs: an estimate of training, 2N forward and 4N backward per token; minutes: the run's wall
+time, evaluations included):
+
+{_table(compute, COMPUTE_COLUMNS, "(not computed)")}
+
+Every evaluation of every trained run, with the diagnostics that tell sentiment from gaming: the policy's
+per-token entropy at its own samples (it rises when a policy diffuses, falls when it sharpens) and pi_ref's
+per-token NLL of them (in expectation the entropy plus the KL per token):
+
+{_table(evaluations, EVALUATION_COLUMNS, "(not computed)")}
 """
 
 
@@ -294,11 +318,12 @@ def scaling_rows(trajectories, sizes, ppo_gt, kls, draws=2000):
     return gaps.drop(columns="b").rename(columns={"a": "run"})
 
 
-def study_readme(profile, stages, evaluations, lr_gaps, other_gaps, scaling, pair_sets, unfinished):
+def study_readme(profile, stages, evaluations, lr_gaps, other_gaps, scaling, pair_sets, accuracy, unfinished):
     """figures/STUDY.md as notebook 13 writes it: the fair frontier's extensions (`make study`) with
     their numbers: every evaluation of every study run (`evaluation_rows`), the learning-rate probe's
     and the other paired gaps (`paired_gap_rows`), the data-scaling table (`scaling_rows`), the
-    preference sets' sizes and gold-gap distribution (`pair_sets`), and each stage's wall time."""
+    preference sets' sizes and gold-gap distribution (`training_set_rows`), the learned proxies'
+    held-out accuracy (`held_out_accuracy_rows`), and each stage's wall time."""
     stage_rows = [{"notebook": n, "run": r, "minutes": s / 60} for n, r, s in stages]
     gap_columns = ["a", "b", "kl", "gap", "low", "high", "verdict"]
     return f"""# The study: the fair frontier's extensions
@@ -327,7 +352,13 @@ Regenerated by `notebooks/13_fig_study.ipynb` (`make study`); do not edit by han
 
 The preference sets (gold-score gap chosen minus rejected: median, quartiles, share under 0.05 and 0.1):
 
-{_table(pair_sets, list(pair_sets.columns) if len(pair_sets) else [], "(none)")}
+{_table(pair_sets, TRAINING_SET_COLUMNS, "(none)")}
+
+How well each size's learned proxies rank held-out pairs of unseen prompts (DPO: its implicit reward,
+Eq. 5, at its last evaluation; the Bradley-Terry reward model fitted on the same pairs; 95% interval with
+whole prompts resampled, since a prompt's 6 pairs are one ranking):
+
+{_table(accuracy, ACCURACY_COLUMNS, "(no held-out pairs)")}
 
 ## Every evaluation of every study run
 
@@ -343,3 +374,92 @@ entropy diffuses, one that lowers it sharpens toward what it prefers.
 
 Total: {sum(s for _, _, s in stages) / 60:.1f} minutes.
 """
+
+
+COMPUTE_COLUMNS = ["run", "method", "gold_queries", "optimizer_steps", "backward_sequences", "tflops",
+                   "wall_minutes"]
+
+
+def model_forward_flops(model_dir):
+    """Forward FLOPs per token of the model saved in `model_dir` (`budget.forward_flops_per_token`),
+    from its safetensors header and config: no weights are loaded."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
+    n = sum(math.prod(shape) for shape in shapes.values())
+    embedding = sum(math.prod(shape) for name, shape in shapes.items() if "embed_tokens" in name or "wte" in name)
+    return budget.forward_flops_per_token(n, embedding, config["hidden_size"], config["vocab_size"])
+
+
+def compute_rows(results_root, profile, frame, stages):
+    """What each trained run of `frame` (notebooks 04 and 06) got under the budget rule (`budget`):
+    gold queries, optimizer steps, sequences through backward, training TFLOPs (estimate) and the
+    run's wall time (`stages`: (notebook, run, seconds), evaluations included). Gold queries: an
+    offline run's are those that labelled its preference set (notebook 03's samples, shared by every
+    offline run on it); PPO-GT's are its rollouts' plus pi_ref's samples that normalise its reward;
+    PPO's learned reward model stands between it and the gold queries of the pairs it was trained on."""
+    seconds = {(n, r): t for n, r, t in stages}
+    rows = []
+    for notebook, run in frame[frame.notebook.isin(["04_imdb_dpo_and_baselines", "06_imdb_ppo"])][
+            ["notebook", "run"]].drop_duplicates().itertuples(index=False):
+        params = results.read_params(results.run_dir(results_root, profile, notebook, run))
+        prefs_dir, prefs = results.upstream(results_root, profile, "03_imdb_preferences", params["preferences_run"])
+        sft_dir, _ = results.upstream(results_root, profile, "02_imdb_sft", prefs["sft_run"])
+        tokens = (prefs["min_prefix_tokens"] + prefs["max_prefix_tokens"]) / 2 + prefs["max_new_tokens"]
+        pair_queries = prefs["n_prompts"] * prefs["completions_per_prompt"]
+        common = {"forward_per_token": model_forward_flops(sft_dir / "model"), "tokens_per_sequence": tokens,
+                  "wall_s": seconds.get((notebook, run), math.nan)}
+        if notebook == "04_imdb_dpo_and_baselines":
+            row = budget.budget_row(params["method"], "offline", steps=params["n_steps"],
+                                    batch_size=params["batch_size"], gold_queries=pair_queries, **common)
+        else:
+            gold = params["n_steps"] * params["prompts_per_step"] + params["n_normalization_samples"] \
+                if params["method"] == "ppo_gt" else pair_queries
+            row = budget.budget_row(params["method"], "ppo", steps=params["n_steps"],
+                                    prompts_per_step=params["prompts_per_step"], ppo_epochs=params["ppo_epochs"],
+                                    minibatch_size=params["minibatch_size"], gold_queries=gold,
+                                    new_tokens=params["max_new_tokens"], **common)
+        rows.append({"run": run, **row})
+    return pd.DataFrame(rows, columns=COMPUTE_COLUMNS)
+
+
+TRAINING_SET_COLUMNS = ["run", "preferences_run", "prompts", "pairs", "gap_median", "gap_q25", "gap_q75",
+                        "gap_under_0.05", "gap_under_0.1"]
+ACCURACY_COLUMNS = ["run", "proxy", "pairs", "accuracy", "low", "high"]
+
+
+def training_set_rows(run_dirs, study_root, figure_root, profile):
+    """Each offline run's training pairs ({name: run directory}): its preference set, the number of
+    prompts and pairs it trains on (all, or its `n_train_prompts` first prompts) and the gold gap's
+    distribution over them (`stats.gap_summary`). Columns TRAINING_SET_COLUMNS."""
+    rows = []
+    for name, path in run_dirs.items():
+        params = results.read_params(path)
+        prefs_dir = study_run_dir(study_root, figure_root, profile, f"03_imdb_preferences/{params['preferences_run']}")
+        pairs = datasets.load_from_disk(str(prefs_dir / "pairs"))
+        n = params.get("n_train_prompts") or len({tuple(p) for p in pairs["prompt_ids"]})
+        rows_kept = data.first_prompts(pairs["prompt_ids"], n)
+        chosen, rejected = (pd.Series(pairs[side]).iloc[rows_kept] for side in ("chosen_reward", "rejected_reward"))
+        rows.append({"run": name, "preferences_run": params["preferences_run"], "prompts": n, "pairs": len(rows_kept),
+                     **stats.gap_summary(chosen, rejected)})
+    return pd.DataFrame(rows, columns=TRAINING_SET_COLUMNS)
+
+
+def held_out_accuracy_rows(dpo_dirs, reward_model_dirs):
+    """Held-out pair accuracy with its 95% interval: each DPO run's implicit reward at its last
+    evaluation (metrics.csv: eval_accuracy and its bounds) and each reward model's (notebook 05's
+    metrics.csv), both {name: run directory}. Unfinished or unmeasured runs are left out. Columns
+    ACCURACY_COLUMNS; pairs: the held-out pairs of the reward model (DPO's are the same set)."""
+    rows = []
+    for name, path in dpo_dirs.items():
+        metrics = pd.read_csv(Path(path) / "metrics.csv")
+        if (Path(path) / "FINISHED").exists() and "eval_accuracy_low" in metrics:
+            last = metrics.sort_values("step").iloc[-1]
+            rows.append({"run": name, "proxy": "DPO implicit reward", "pairs": math.nan,
+                         "accuracy": last.eval_accuracy, "low": last.eval_accuracy_low, "high": last.eval_accuracy_high})
+    for name, path in reward_model_dirs.items():
+        if (Path(path) / "FINISHED").exists():
+            m = pd.read_csv(Path(path) / "metrics.csv").iloc[0]
+            rows.append({"run": name, "proxy": "reward model", "pairs": m.held_out_pairs, "accuracy": m.held_out_accuracy,
+                         "low": m.get("held_out_accuracy_low", math.nan), "high": m.get("held_out_accuracy_high", math.nan)})
+    return pd.DataFrame(rows, columns=ACCURACY_COLUMNS)

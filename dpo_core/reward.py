@@ -150,16 +150,20 @@ class ScalarRewardModel(torch.nn.Module):
         return scores[:n], scores[n:]
 
     @torch.no_grad()
-    def pair_accuracy(self, examples, pad_token_id, batch_size=32):
-        """Share of `make_pair` examples whose chosen completion scores higher (ties count as wrong)."""
+    def pair_correct(self, examples, pad_token_id, batch_size=32):
+        """Per `make_pair` example, whether its chosen completion scores higher (a tie is wrong): (N,) bool."""
         was_training = self.training
         self.eval()
-        correct = 0
+        correct = []
         for start in range(0, len(examples), batch_size):
             chosen, rejected = self.score_pairs(collate_pairs(examples[start : start + batch_size], pad_token_id))
-            correct += (chosen > rejected).sum().item()
+            correct.append((chosen > rejected).cpu())
         self.train(was_training)
-        return correct / len(examples)
+        return torch.cat(correct)
+
+    def pair_accuracy(self, examples, pad_token_id, batch_size=32):
+        """Share of `make_pair` examples whose chosen completion scores higher (ties count as wrong)."""
+        return self.pair_correct(examples, pad_token_id, batch_size).float().mean().item()
 
     @torch.no_grad()
     def score_ids(self, sequences, pad_token_id, batch_size=32):

@@ -17,6 +17,7 @@ serves both, so what the prompts share cancels.
     paired_comparisons(trajectories, ...)    one run against every other: both gaps, with verdicts
     paired_win_difference(verdicts_a, ...)   win rate of a minus b's, judged on the same prompts, paired
     gap_summary(chosen, rejected, ...)       the gold-score gap of preference pairs: median, small-gap shares
+    clustered_interval(values, groups, ...)  a mean's interval when values come in dependent groups (pairs of a prompt)
 """
 
 import numpy as np
@@ -202,3 +203,17 @@ def gap_summary(chosen_rewards, rejected_rewards, thresholds=(0.05, 0.1)):
            "gap_q75": float(np.quantile(gap, 0.75))}
     out.update({f"gap_under_{t:g}": float((gap < t).mean()) for t in thresholds})
     return out
+
+
+def clustered_interval(values, groups, draws=2000, seed=0, level=0.95):
+    """(mean, low, high): the mean of `values` and its percentile bootstrap interval when they come
+    in dependent groups (the 6 pairs of one prompt are one ranking of 4 samples): whole groups are
+    resampled, so the interval counts prompts, not pairs. With one value per group it is
+    `mean_interval`'s resampling."""
+    values = np.asarray(values, dtype=float)
+    labels, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    sums, counts = np.bincount(index, values, len(labels)), np.bincount(index, minlength=len(labels))
+    picks = bootstrap_indices(len(labels), draws, seed)  # (draws, groups)
+    means = sums[picks].sum(-1) / counts[picks].sum(-1)
+    tail = (1 - level) / 2 * 100
+    return float(values.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

@@ -24,12 +24,13 @@ import torch
 from dpo_core import frozen, progress
 from dpo_core.data import collate_pairs
 from dpo_core.distributed import local_share, mean_over_processes
-from dpo_core.evaluate import preference_accuracy
+from dpo_core.evaluate import preference_margins
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss, implicit_reward
 from dpo_core.methods import METHODS
 from dpo_core.precision import autocast_state, check_cache_off
 from dpo_core.results import cached_tensors, fingerprint
+from dpo_core.stats import clustered_interval
 
 
 def flush_denormals():
@@ -131,16 +132,24 @@ def merged_evaluator(*evaluators):
     return lambda step: {name: value for evaluate in evaluators for name, value in evaluate(step).items()}
 
 
-def held_out_accuracy(policy, reference_model, examples, beta, pad_token_id, cache_dir, batch_size=16):
+def held_out_accuracy(policy, reference_model, examples, beta, pad_token_id, cache_dir, batch_size=16, groups=None):
     """An `evaluate(step)` for `train_loop`: DPO's loss and implicit-reward accuracy (Eqs. 7, 5) of
     `policy` on held-out pairs. pi_ref's log-probs come once, in the layout the policy is scored in
-    (consecutive batches of `batch_size`), cached like the training batches' own."""
+    (consecutive batches of `batch_size`), cached like the training batches' own. `groups` (each
+    pair's prompt): also the accuracy's 95% interval, whole prompts resampled
+    (`stats.clustered_interval`), as eval_accuracy_low and eval_accuracy_high."""
     batches = consecutive_batches(len(examples), batch_size)
     make_batch = pair_batch_maker(examples, pad_token_id, next(reference_model.parameters()).device)
     reference = stacked(cached_reference_logps(cache_dir, reference_model, examples, batches, make_batch), batches)
 
     def evaluate(step):
-        return preference_accuracy(policy, examples, *reference, beta, pad_token_id, batch_size)
+        losses, margins = preference_margins(policy, examples, *reference, beta, pad_token_id, batch_size)
+        correct = (margins > 0).float()
+        out = {"eval_loss": losses.mean().item(), "eval_accuracy": correct.mean().item(),
+               "eval_margin": margins.mean().item()}
+        if groups is not None:
+            _, out["eval_accuracy_low"], out["eval_accuracy_high"] = clustered_interval(correct.numpy(), groups)
+        return out
 
     return evaluate
 

@@ -72,3 +72,12 @@ def test_sentence_prefixes_take_each_texts_first_lines_text_major():
     lines = ["good film . ", "bad plot . ", "one line only . ", "a . ", "b . "]
     assert got == review_prefixes(tok, lines, 2, 4, seed=0)
     assert len(got) == 5 and got[0] == tok("good film . ", add_special_tokens=False)["input_ids"][: len(got[0])]
+
+
+def test_first_prompts_keeps_the_pairs_of_the_first_n_distinct_prompts():
+    from dpo_core.data import first_prompts
+    prompts = [[1], [1], [2], [3], [2], [3], [4]]
+    assert first_prompts(prompts, 2) == [0, 1, 2, 4]
+    assert first_prompts(prompts, 4) == list(range(7))
+    with pytest.raises(ValueError, match="5 prompts asked for"):
+        first_prompts(prompts, 5)

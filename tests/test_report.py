@@ -47,7 +47,7 @@ def test_with_intervals_matches_each_point_by_step_or_by_n():
 def point(method, setting, run, step, kl=0.0, reward=0.5):
     return {"method": method, "setting": setting, "run": run, "step": step, "kl": kl, "kl_sampled": kl,
             "reward": reward, "reward_low": reward - 0.1, "reward_high": reward + 0.1, "completion_tokens": 8.0,
-            "distinct_2": 1.0, "reference_nll": 5.0, "notebook": "x", "point": step}
+            "distinct_2": 1.0, "reference_nll": 5.0, "entropy": 4.5, "notebook": "x", "point": step}
 
 
 def test_final_points_last_step_of_each_run_and_every_n():
@@ -100,7 +100,7 @@ def test_frontier_readme_holds_the_tables_rows():
                  "over 64 held-out prefixes,", "over prompts (500 draws);",
                  "- unfinished runs left out of the figure: 04_x/b",
                  "| 02_imdb_sft | main | 0.500 |", "| 04_x | a | 1.000 |", "Total: 1.5 minutes.",
-                 "| dpo | 0.100 | dpo_beta-0.1 | 10 | 1.500 | 1.500 | 0.750 | 0.650 | 0.850 | 8.000 | 1.000 | 5.000 |",
+                 "| dpo | 0.100 | dpo_beta-0.1 | 10 | 1.500 | 1.500 | 0.750 | 0.650 | 0.850 | 8.000 | 1.000 | 5.000 | 4.500 |",
                  "reward 0.500. completion_tokens, distinct_2 (share of\n", 'e.g. ". . . ."; pi_ref: 0.125),\n',
                  "| dpo_beta-0.1 | dpo | 10 | 0.250 | 0.900 | 0.700 | 3.000 |",
                  "| ppo | 6.000 | 5 | 5.000 | 0.833 | True | 0.600 |",
@@ -258,3 +258,73 @@ def test_study_run_dir_prefers_the_study_tree_and_creates_nothing(tmp_path):
     assert report.study_run_dir(study, figure, "p", spec) == figure / "p" / spec  # the study's is unfinished
     (study / "p" / spec / "FINISHED").touch()
     assert report.study_run_dir(study, figure, "p", spec) == study / "p" / spec
+
+
+def test_compute_rows_from_run_params_against_hand_computed_counts(tmp_path):
+    """A DPO run of 120 steps of 8 pairs and a PPO-GT run of 30 iterations of 32 rollouts, 2 epochs:
+    1,920 sequences through backward each; gold queries 192 x 4 (the pairs' labels) and 960 + 256."""
+    import torch
+    from safetensors.torch import save_file
+    model = tmp_path / "p" / "02_imdb_sft" / "main" / "model"
+    model.mkdir(parents=True)
+    save_file({"model.embed_tokens.weight": torch.zeros(10, 2), "model.layers.0.w": torch.zeros(3, 2)},
+              str(model / "model.safetensors"))
+    (model / "config.json").write_text('{"hidden_size": 2, "vocab_size": 10}')
+    results.save_json(model.parent / "params.json", {})
+    (model.parent / "FINISHED").touch()
+    prefs = tmp_path / "p" / "03_imdb_preferences" / "main"
+    results.save_json(prefs / "params.json", {"sft_run": "main", "min_prefix_tokens": 2, "max_prefix_tokens": 8,
+                                              "max_new_tokens": 32, "n_prompts": 192, "completions_per_prompt": 4})
+    (prefs / "FINISHED").touch()
+    runs = {("04_imdb_dpo_and_baselines", "dpo"): {"method": "dpo", "n_steps": 120, "batch_size": 8},
+            ("06_imdb_ppo", "gt"): {"method": "ppo_gt", "n_steps": 30, "prompts_per_step": 32, "ppo_epochs": 2,
+                                   "minibatch_size": 16, "n_normalization_samples": 256, "max_new_tokens": 32}}
+    for (notebook, run), params in runs.items():
+        results.save_json(results.run_dir(tmp_path, "p", notebook, run) / "params.json",
+                          {"preferences_run": "main", **params})
+    frame = pd.DataFrame({"notebook": ["04_imdb_dpo_and_baselines", "06_imdb_ppo", "07_imdb_best_of_n"],
+                          "run": ["dpo", "gt", "main"]})
+    rows = report.compute_rows(tmp_path, "p", frame, [("04_imdb_dpo_and_baselines", "dpo", 600.0)]).set_index("run")
+    assert list(rows.index) == ["dpo", "gt"]  # Best-of-N trains nothing
+    assert rows.loc["dpo", "backward_sequences"] == rows.loc["gt", "backward_sequences"] == 1920
+    assert rows.loc["dpo", "gold_queries"] == 768 and rows.loc["gt", "gold_queries"] == 1216
+    assert rows.loc["dpo", "optimizer_steps"] == 120 and rows.loc["gt", "optimizer_steps"] == 120
+    assert rows.loc["dpo", "wall_minutes"] == 10.0 and math.isnan(rows.loc["gt", "wall_minutes"])
+    # 26 weights, 20 of them the embedding: 2 * 6 + 2 * 2 * 10 = 52 FLOPs a token; 37 tokens a sequence
+    assert rows.loc["dpo", "tflops"] == pytest.approx(1920 * 37 * 52 * 4 / 1e12)
+
+
+def test_training_set_rows_count_the_first_prompts_pairs_and_their_gaps(tmp_path):
+    import datasets
+    prefs = tmp_path / "p" / "03_imdb_preferences" / "big"
+    prefs.mkdir(parents=True)
+    (prefs / "FINISHED").touch()
+    datasets.Dataset.from_dict({"prompt_ids": [[1], [1], [2], [2], [3]],
+                                "chosen_reward": [1.0, 0.75, 0.5, 0.5, 1.0],
+                                "rejected_reward": [0.0, 0.5, 0.25, 0.375, 0.0]}).save_to_disk(str(prefs / "pairs"))
+    small = results.run_dir(tmp_path, "p", "04_imdb_dpo_and_baselines", "small")
+    results.save_json(small / "params.json", {"preferences_run": "big", "n_train_prompts": 2})
+    whole = results.run_dir(tmp_path, "p", "04_imdb_dpo_and_baselines", "whole")
+    results.save_json(whole / "params.json", {"preferences_run": "big", "n_train_prompts": 0})
+    rows = report.training_set_rows({"small": small, "whole": whole}, tmp_path / "none", tmp_path, "p").set_index("run")
+    assert rows.loc["small", "prompts"] == 2 and rows.loc["small", "pairs"] == 4
+    assert rows.loc["whole", "prompts"] == 3 and rows.loc["whole", "pairs"] == 5
+    assert rows.loc["small", "gap_median"] == 0.25  # gaps 1, 0.25, 0.25, 0.125
+    assert rows.loc["whole", "gap_median"] == 0.25 and rows.loc["whole", "gap_under_0.05"] == 0.0
+
+
+def test_held_out_accuracy_rows_read_the_last_evaluation_and_the_reward_model(tmp_path):
+    dpo = results.run_dir(tmp_path, "p", "04_imdb_dpo_and_baselines", "d")
+    results.save_rows(dpo / "metrics.csv", [
+        {"step": 10, "eval_accuracy": 0.6, "eval_accuracy_low": 0.5, "eval_accuracy_high": 0.7},
+        {"step": 0, "eval_accuracy": 0.0, "eval_accuracy_low": 0.0, "eval_accuracy_high": 0.0}])
+    (dpo / "FINISHED").touch()
+    rm = results.run_dir(tmp_path, "p", "05_imdb_reward_model", "r")
+    results.save_rows(rm / "metrics.csv", [{"held_out_accuracy": 0.55, "held_out_accuracy_low": 0.45,
+                                            "held_out_accuracy_high": 0.65, "held_out_pairs": 576}])
+    (rm / "FINISHED").touch()
+    unfinished = results.run_dir(tmp_path, "p", "05_imdb_reward_model", "u")
+    rows = report.held_out_accuracy_rows({"d": dpo}, {"d": rm, "u": unfinished})
+    assert rows.to_dict("records")[0] == {"run": "d", "proxy": "DPO implicit reward", "pairs": pytest.approx(math.nan, nan_ok=True),
+                                          "accuracy": 0.6, "low": 0.5, "high": 0.7}
+    assert len(rows) == 2 and rows.iloc[1].accuracy == 0.55 and rows.iloc[1].pairs == 576

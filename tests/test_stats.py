@@ -193,3 +193,19 @@ def test_gap_summary_hand_computed():
     assert default["gap_under_0.05"] == pytest.approx(1 / 3) and default["gap_under_0.1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no pairs"):
         gap_summary([], [])
+
+
+def test_clustered_interval_resamples_whole_groups():
+    """Two prompts, one all right (6 pairs) and one all wrong (6 pairs): every resample of the 2
+    prompts gives 0, 0.5 or 1, so the 95% interval spans [0, 1]; treated as 12 independent pairs
+    it would be far narrower. One value per group: the same interval as mean_interval."""
+    from dpo_core.stats import clustered_interval
+    values, groups = [1.0] * 6 + [0.0] * 6, ["a"] * 6 + ["b"] * 6
+    mean, low, high = clustered_interval(values, groups, draws=2000)
+    assert mean == 0.5 and low == 0.0 and high == 1.0
+    _, naive_low, naive_high = mean_interval(values, draws=2000)
+    assert naive_low > 0.1 and naive_high < 0.9
+    rng = np.random.default_rng(1)
+    singles = rng.uniform(size=30)
+    assert clustered_interval(singles, [f"g{i:02d}" for i in range(30)], draws=500) == \
+        pytest.approx(mean_interval(singles, draws=500))
