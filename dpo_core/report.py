@@ -388,7 +388,8 @@ def model_forward_flops(model_dir):
         shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
     n = sum(math.prod(shape) for shape in shapes.values())
     embedding = sum(math.prod(shape) for name, shape in shapes.items() if "embed_tokens" in name or "wte" in name)
-    return budget.forward_flops_per_token(n, embedding, config["hidden_size"], config["vocab_size"])
+    hidden = config.get("hidden_size", config.get("n_embd"))  # Llama's name, GPT-2's
+    return budget.forward_flops_per_token(n, embedding, hidden, config["vocab_size"])
 
 
 def compute_rows(results_root, profile, frame, stages):

@@ -138,6 +138,26 @@ def test_the_smoke_chain_drew_the_frontier_from_real_runs():
         assert (ROOT / "build" / "smoke" / "figures" / f"reward_kl_frontier.{ext}").stat().st_size > 1000
 
 
+def test_the_smoke_study_runs_and_draws_the_data_scaling_figure():
+    """`make study`'s stages on smoke, after the smoke chain (whose SFT they build on): the study's
+    preference sets (sentence prompts, a disjoint held-out set), DPO on nested sizes with held-out
+    accuracy, the reward models, PPO-GT on the same prompts, then notebook 13 on them."""
+    study = ROOT / "params" / "smoke" / "study"
+    for params_file in sorted(study.glob("*/*.yaml")):  # notebook order: 03, 04, 05, 06
+        nb = execute(ROOT / "notebooks" / f"{params_file.parent.name}.ipynb", yaml.safe_load(params_file.read_text()),
+                     f"study-{params_file.parent.name}-{params_file.stem}")
+        assert not nb.metadata.papermill.exception
+    nb = execute(ROOT / "notebooks" / "13_fig_study.ipynb", yaml.safe_load((study / "13_fig_study.yaml").read_text()),
+                 "study-13")
+    assert not nb.metadata.papermill.exception
+    text = (ROOT / "build" / "smoke" / "figures" / "study" / "STUDY.md").read_text()
+    assert "| 04_imdb_dpo_and_baselines/data_dpo-2 | sentences | 2 | 12 |" in text  # 2 prompts, 6 pairs each
+    assert "| 04_imdb_dpo_and_baselines/data_dpo-6 | sentences | 6 | 36 |" in text
+    assert "reward model | 18" in text  # the held-out set: 3 prompts x 6 pairs, disjoint from the training ones
+    for ext in ("png", "pdf"):
+        assert (ROOT / "build" / "smoke" / "figures" / "study" / f"dpo_vs_preference_data.{ext}").stat().st_size > 1000
+
+
 def test_progress_bars_stay_condensed_in_executed_notebooks():
     """Under papermill a progress bar is one widget output holding its last state, not a line per
     update: the executed training notebooks keep a handful of outputs, none a stream of bar frames."""
