@@ -155,7 +155,8 @@ def test_the_smoke_study_runs_and_draws_the_data_scaling_figure():
     assert "| 04_imdb_dpo_and_baselines/data_dpo-6 | sentences | 6 | 36 |" in text
     assert "reward model | 18" in text  # the held-out set: 3 prompts x 6 pairs, disjoint from the training ones
     for ext in ("png", "pdf"):
-        assert (ROOT / "build" / "smoke" / "figures" / "study" / f"dpo_vs_preference_data.{ext}").stat().st_size > 1000
+        for name in ("dpo_vs_preference_data", "dpo_lr_probe"):
+            assert (ROOT / "build" / "smoke" / "figures" / "study" / f"{name}.{ext}").stat().st_size > 1000
 
 
 def test_progress_bars_stay_condensed_in_executed_notebooks():

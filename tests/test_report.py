@@ -231,6 +231,25 @@ def test_paired_gap_rows_find_a_known_constant_gap_and_no_gap_between_twins(tmp_
     assert (twins.verdict == "no difference").all()
 
 
+def test_budget_matched_rows_cut_the_offline_run_at_the_ppo_runs_sequences(tmp_path):
+    """PPO: 3 iterations x 8 rollouts x 2 epochs = 48 sequences through backward; an offline run of
+    batch 2 (4 sequences a step) gets 12 steps, so of its evaluations at 0, 10, 20 only 0 and 10 count:
+    it reaches KL 1 within the budget, the gap is read on 0..1 only, where a = b + 0.1."""
+    from dpo_core import imdb
+    a = linear_run(tmp_path, "a", 0.1, lambda kl: 0.6 + 0.05 * kl)
+    b = linear_run(tmp_path, "b", 0.1, lambda kl: 0.5 + 0.05 * kl)
+    results.save_json(a / "params.json", {"batch_size": 2})
+    results.save_json(b / "params.json", {"n_steps": 3, "prompts_per_step": 8, "ppo_epochs": 2})
+    t = {name: imdb.trajectory(path) for name, path in (("a", a), ("b", b))}
+    rows = report.budget_matched_rows(t, {"a": a, "b": b}, [("a", "b")], [1.0, 2.0], draws=200)
+    assert list(rows.kl) == ["0.00-1.00", "1"]  # KL 2 lies beyond a's budget
+    assert (rows.budget_steps == 12).all() and (rows.budget_step == 10).all()
+    np.testing.assert_allclose(rows.a_kl_reach, 1.0)
+    np.testing.assert_allclose(rows.b_kl_reach, 2.0)
+    np.testing.assert_allclose(rows.gap, 0.1, atol=1e-12)
+    assert report.within_budget(t["a"], 9)["step"].tolist() == [0]
+
+
 def test_evaluation_rows_and_scaling_rows(tmp_path):
     from dpo_core import imdb
     small = linear_run(tmp_path, "small", 0.1, lambda kl: 0.5)
