@@ -277,6 +277,8 @@ def test_study_run_dir_prefers_the_study_tree_and_creates_nothing(tmp_path):
     assert report.study_run_dir(study, figure, "p", spec) == figure / "p" / spec  # the study's is unfinished
     (study / "p" / spec / "FINISHED").touch()
     assert report.study_run_dir(study, figure, "p", spec) == study / "p" / spec
+    runs = {spec: study / "p" / spec, "06_imdb_ppo/y": figure / "p" / "06_imdb_ppo" / "y"}
+    assert report.study_tree_runs(study, "p", runs).values.tolist() == [["04_imdb_dpo_and_baselines", "x"]]
 
 
 def test_compute_rows_from_run_params_against_hand_computed_counts(tmp_path):
