@@ -312,7 +312,11 @@ def budget_matched_rows(trajectories, run_dirs, pairs, kls, draws=2000):
         sequences = budget.ppo_backward_sequences(pb["n_steps"], pb["prompts_per_step"], pb["ppo_epochs"])
         steps = budget.offline_steps(sequences, pa["batch_size"])
         cut = within_budget(trajectories[a], steps)
-        gaps = paired_gap_rows({a: cut, b: trajectories[b]}, [(a, b)], kls, draws)
+        if len(cut["step"]) < 2:  # only pi_ref's point within the budget: no trajectory to compare
+            gaps = pd.DataFrame([{"a": a, "b": b, "kl": "", "gap": math.nan, "low": math.nan, "high": math.nan,
+                                  "verdict": "no evaluation within the budget"}])
+        else:
+            gaps = paired_gap_rows({a: cut, b: trajectories[b]}, [(a, b)], kls, draws)
         gaps.insert(2, "budget_steps", steps)
         gaps.insert(3, "budget_step", int(cut["step"][-1]))
         gaps.insert(4, "a_kl_reach", float(cut["kl"][-1].mean()))

@@ -248,6 +248,9 @@ def test_budget_matched_rows_cut_the_offline_run_at_the_ppo_runs_sequences(tmp_p
     np.testing.assert_allclose(rows.b_kl_reach, 2.0)
     np.testing.assert_allclose(rows.gap, 0.1, atol=1e-12)
     assert report.within_budget(t["a"], 9)["step"].tolist() == [0]
+    results.save_json(a / "params.json", {"batch_size": 8})  # 6 steps: no evaluation after pi_ref's
+    short = report.budget_matched_rows(t, {"a": a, "b": b}, [("a", "b")], [1.0], draws=200)
+    assert short.verdict.tolist() == ["no evaluation within the budget"] and short.gap.isna().all()
 
 
 def test_evaluation_rows_and_scaling_rows(tmp_path):
