@@ -274,8 +274,8 @@ def study_run_dir(study_root, figure_root, profile, spec):
 def study_tree_runs(study_root, profile, run_dirs):
     """The runs of {"<notebook>/<run>": directory} that live in the study tree (not the figure's), as a
     DataFrame of notebook, run: what `compute_rows` reads from study_root."""
-    root = (Path(study_root) if Path(study_root).is_absolute() else results.repo_root() / study_root) / profile
-    return pd.DataFrame([spec.split("/") for spec, path in run_dirs.items() if Path(path).is_relative_to(root)],
+    return pd.DataFrame([spec.split("/") for spec, path in run_dirs.items()
+                         if Path(path) == study_run_dir(study_root, study_root, profile, spec)],
                         columns=["notebook", "run"])
 
 
@@ -293,6 +293,10 @@ def paired_gap_rows(trajectories, pairs, kls, draws=2000):
     frame = pd.DataFrame(rows, columns=["a", "b", "kl", "gap", "low", "high"])
     frame["verdict"] = [stats.verdict(r.gap, r.low, r.high, "a") for r in frame.itertuples()]
     return frame
+
+
+BUDGET_COLUMNS = ["a", "b", "budget_steps", "budget_step", "a_kl_reach", "b_kl_reach", "kl", "gap", "low", "high",
+                  "verdict"]
 
 
 def within_budget(trajectory, max_step):
@@ -322,9 +326,7 @@ def budget_matched_rows(trajectories, run_dirs, pairs, kls, draws=2000):
         gaps.insert(4, "a_kl_reach", float(cut["kl"][-1].mean()))
         gaps.insert(5, "b_kl_reach", float(trajectories[b]["kl"][-1].mean()))
         frames.append(gaps)
-    columns = ["a", "b", "budget_steps", "budget_step", "a_kl_reach", "b_kl_reach", "kl", "gap", "low", "high",
-               "verdict"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BUDGET_COLUMNS)
 
 
 EVALUATION_COLUMNS = ["run", "step", "kl", "reward", "reward_low", "reward_high", "entropy", "reference_nll",
@@ -361,8 +363,9 @@ def scaling_rows(trajectories, sizes, ppo_gt, kls, draws=2000):
 def study_readme(profile, stages, evaluations, compute, gaps, scaling, pair_sets, accuracy, unfinished):
     """figures/STUDY.md as notebook 13 writes it: the fair frontier's extensions (`make study`) with
     their numbers: every evaluation of every study run (`evaluation_rows`), what each run got
-    (`compute_rows`), `gaps` {"lr": the learning-rate probe's, "budget": the probe under the budget rule
-    (`budget_matched_rows`), "other": the other paired gaps (`paired_gap_rows`)}, the data-scaling table (`scaling_rows`), the
+    (`compute_rows`), `gaps` {"lr": the learning-rate probe's, "budget": the probe under the budget
+    rule (`budget_matched_rows`), "other": the other paired gaps (`paired_gap_rows`)}, the data-scaling
+    table (`scaling_rows`), the
     preference sets' sizes and gold-gap distribution (`training_set_rows`), the learned proxies'
     held-out accuracy (`held_out_accuracy_rows`), and each stage's wall time."""
     stage_rows = [{"notebook": n, "run": r, "minutes": s / 60} for n, r, s in stages]
@@ -388,8 +391,7 @@ backward pass as PPO-GT's run; an offline step of batch B costs 2B): each DPO ru
 evaluation within budget_steps, against PPO-GT's whole run; a_kl_reach and b_kl_reach: the KL each
 reaches within the budget.
 
-{_table(gaps["budget"], ["a", "b", "budget_steps", "budget_step", "a_kl_reach", "b_kl_reach"] + gap_columns[2:],
-        "(no learning-rate runs against PPO-GT)")}
+{_table(gaps["budget"], BUDGET_COLUMNS, "(no learning-rate runs against PPO-GT)")}
 
 ## Other paired comparisons (the optimizer control, seeds, the other losses)
 
