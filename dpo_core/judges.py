@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dpo_core import assets, progress, tiny
 from dpo_core.assets import load_reward
-from dpo_core.results import atomic_write
+from dpo_core.results import atomic, atomic_write
 
 VERDICTS = ("win", "loss", "tie", "invalid")
 
@@ -170,17 +170,7 @@ class ChatJudge:
         """The judge's reply to one prompt, from the cache or the endpoint."""
         request = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                    "temperature": 0, "max_tokens": self.max_tokens}
-        key = hashlib.sha256(json.dumps([self.base_url, request], sort_keys=True).encode()).hexdigest()
-        path = self.cache_dir / f"{key}.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())["reply"]
-            except (ValueError, KeyError):
-                print(f"[judge] {path} is corrupt; asking again")
-        reply = self._post(request)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"request": request, "reply": reply}))
-        return reply
+        return cached_reply(self.cache_dir, [self.base_url, request], lambda: self._post(request))
 
     def _post(self, request):
         api_key = os.environ.get(self.api_key_env)
@@ -217,7 +207,14 @@ def letter_logprobs(top_logprobs):
         text = entry["token"].strip().strip('"\'')
         if text in found:
             found[text].append(entry["logprob"])
-    return {letter: math.log(sum(math.exp(lp) for lp in lps)) if lps else -math.inf for letter, lps in found.items()}
+    return {letter: _logsumexp(lps) for letter, lps in found.items()}
+
+
+def _logsumexp(values):
+    if not values:
+        return -math.inf
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def order_swap_verdict(first, second):
@@ -233,6 +230,24 @@ def order_swap_verdict(first, second):
     return "tie"
 
 
+def cached_reply(cache_dir, key_parts, ask):
+    """The reply stored under a hash of `key_parts` in `cache_dir`, or `ask()`'s, stored (atomically).
+    A stored file that cannot be read back is reported and asked again."""
+    path = Path(cache_dir) / f"{hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())["reply"]
+        except (ValueError, KeyError, TypeError):
+            print(f"[judge] {path} is corrupt; asking again")
+    reply = ask()
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"request": key_parts[-1], "reply": reply}))
+    return reply
+
+
+_SERVERS = {}  # (model path, threads, n_ctx) -> llama.cpp server: one per model in a process
+
+
 class LocalJudge:
     """The App. C.2 judge offline: a GGUF chat model (`assets.JUDGE_MODELS`, or a path to a .gguf) run
     in this process by llama.cpp through xllamacpp, at temperature 0.
@@ -240,41 +255,44 @@ class LocalJudge:
     Every comparison is judged twice, the candidate shown first as A and then as B
     (`order_swap_verdict`: an inconsistent pair is a tie). In each order the judge first writes the
     one-sentence comparison when its prompt asks for one (App. C.2's do; up to `explain_tokens`
-    tokens, to the end of the line), then "<field>:" is appended to its answer and the verdict is the more likely
-    of the two letters at the next token (`letter_logprobs`); neither letter among the
-    `top_logprobs` most likely tokens is an invalid verdict, counted, never guessed. Each order's
-    comparison and letter log-probs are cached on disk by (judge, model sha256, request).
+    tokens, to the end of the line), then "<field>:" is appended to its answer and the verdict is the
+    more likely of the two letters at the next token (`letter_logprobs`), read after a space or quote
+    when the judge opens its answer with one ('Preferred: "A"'); neither letter among the
+    `top_logprobs` most likely tokens, or a prompt longer than the context, is an invalid verdict,
+    counted, never guessed. Replies are cached on disk by (judge, model sha256, runtime version, request).
 
-    llama.cpp also starts its HTTP server on 127.0.0.1 at a random port; it is given a random key
-    that nothing else knows, so every request over HTTP is refused (401): only this process asks.
+    llama.cpp also starts its HTTP server, bound to 127.0.0.1 at a random port; it is given a random
+    key that nothing else knows, so every endpoint but its /health probe refuses requests over HTTP (401).
     """
 
     name = "local"
 
-    def __init__(self, task, model, cache_dir, explain_tokens=48, threads=0, n_ctx=2048, top_logprobs=20):
+    def __init__(self, task, model, cache_dir, explain_tokens=48, threads=0, n_ctx=4096, top_logprobs=20):
         if task not in PROMPTS:
             raise ValueError(f"unknown judge task {task!r}; choose one of {sorted(PROMPTS)}")
         self.task, self.model, self.cache_dir = task, model, Path(cache_dir)
         if model == "tiny":  # the tests' and smoke's 0.1 MB model, written on first use
-            model = str(self.cache_dir / "tiny-judge.gguf")
-            if not Path(model).is_file():
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tiny.tiny_judge_gguf(model)
+            model = self.cache_dir / "tiny-judge.gguf"
+            if not model.is_file():
+                with atomic(model) as tmp:
+                    tiny.tiny_judge_gguf(tmp)
+            model = str(model)
         self.path = assets.judge_model_path(model)  # a missing model stops here, with the command to prepare it
         self.explain = "Comparison:" in PROMPTS[task][0]  # the judge writes its comparison when the prompt asks
         self.explain_tokens, self.top_logprobs = explain_tokens, top_logprobs
         self.threads, self.n_ctx = threads or os.cpu_count(), n_ctx
         self.sha256 = assets.JUDGE_MODELS[model][2] if model in assets.JUDGE_MODELS else assets.sha256_file(self.path)
-        self._server = None
+        self.uncached = 0  # requests that reached the model in this process (0: every reply came from the cache)
 
     def prompt(self, context, a, b):
         template, _ = PROMPTS[self.task]
         return template.format(context=context, a=a, b=b)
 
     def server(self):
-        """llama.cpp's server, started at the first uncached request (a cached rerun never loads the
-        model), after checking the model file's sha256."""
-        if self._server is None:
+        """llama.cpp's server for this model, started at the first uncached request (a cached rerun never
+        loads the model) after checking the model file's sha256, and shared by every judge of the process."""
+        key = (str(self.path), self.threads, self.n_ctx)
+        if key not in _SERVERS:
             if assets.sha256_file(self.path) != self.sha256:
                 raise JudgeError(f"{self.path} does not match its pinned sha256; delete it and run `make judge-assets`")
             xllamacpp = assets.load_xllamacpp()
@@ -282,67 +300,78 @@ class LocalJudge:
             params.model.path = str(self.path)
             params.n_ctx, params.n_parallel, params.verbosity = self.n_ctx, 1, 0
             params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
-            params.api_keys = [secrets.token_hex(16)]  # its loopback HTTP server refuses everyone
-            self._server = xllamacpp.Server(params)
-            if not self._server.listening_address.startswith("http://127.0.0.1:"):
-                raise JudgeError(f"llama.cpp's server bound {self._server.listening_address}, not loopback")
-        return self._server
+            params.hostnames = ["127.0.0.1"]
+            params.api_keys = [secrets.token_hex(16)]  # its HTTP server refuses everyone: only this process asks
+            server = xllamacpp.Server(params)
+            if not server.listening_address.startswith("http://127.0.0.1:"):
+                raise JudgeError(f"llama.cpp's server bound {server.listening_address}, not loopback")
+            _SERVERS[key] = server
+        return _SERVERS[key]
 
     def ask(self, request):
-        """One chat completion: from the cache, or from the model."""
-        key = hashlib.sha256(json.dumps([self.name, self.sha256, request], sort_keys=True).encode()).hexdigest()
-        path = self.cache_dir / f"{key}.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())["reply"]
-            except (ValueError, KeyError):
-                print(f"[judge] {path} is corrupt; asking again")
-        reply = self.server().handle_chat_completions(request)
-        if "choices" not in reply:
-            raise JudgeError(f"the local judge failed: {str(reply)[:300]}")
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"request": request, "reply": reply}))
-        return reply
+        """One chat completion, from the cache or the model; None when the prompt does not fit the context."""
+        def from_model():
+            self.uncached += 1
+            return self.server().handle_chat_completions(request)
+
+        key = [self.name, self.sha256, assets.PACKAGES["xllamacpp"].version, request]
+        reply = cached_reply(self.cache_dir, key, from_model)
+        if "choices" in reply:
+            return reply
+        if "context" in json.dumps(reply).lower():  # llama.cpp: the request exceeds the context size
+            return None
+        raise JudgeError(f"the local judge failed: {str(reply)[:300]}")
+
+    def comparison(self, user):
+        """The one-sentence comparison the prompt asks for first (greedy, to the end of its line)."""
+        opening = "Comparison:"
+        reply = self.ask({"messages": [user, {"role": "assistant", "content": opening}], "temperature": 0,
+                          "max_tokens": self.explain_tokens, "stop": ["\n"]})
+        if reply is None:
+            return None
+        return reply["choices"][0]["message"]["content"].removeprefix(opening).split("\n")[0].strip()
+
+    def letter_step(self, user, answer):
+        """{"A": log p, "B": log p} at the token after `answer` (the judge's answer up to "<field>:");
+        when the most likely token there is a space or a quote, one token further."""
+        for _ in range(2):
+            reply = self.ask({"messages": [user, {"role": "assistant", "content": answer}], "temperature": 0,
+                              "max_tokens": 1, "logprobs": True, "top_logprobs": self.top_logprobs})
+            if reply is None:
+                return {"A": -math.inf, "B": -math.inf}
+            top = ((reply["choices"][0].get("logprobs") or {}).get("content") or [{"top_logprobs": []}])[0]["top_logprobs"]
+            best = max(top, key=lambda entry: entry["logprob"])["token"] if top else "x"
+            if best.strip(' "\''):  # a letter, or another word: read the letters here
+                break
+            answer += best
+        return letter_logprobs(top)
 
     def letters(self, context, a, b):
         """One order: {"comparison": the judge's sentence, "A": log p, "B": log p, "letter": "A", "B" or None}."""
         _, field = PROMPTS[self.task]
         user = {"role": "user", "content": self.prompt(context, a, b)}
-        comparison = ""
-        if self.explain:
-            opening = "Comparison:"
-            reply = self.ask({"messages": [user, {"role": "assistant", "content": opening}], "temperature": 0,
-                              "max_tokens": self.explain_tokens, "stop": ["\n"]})
-            comparison = reply["choices"][0]["message"]["content"].removeprefix(opening).split("\n")[0].strip()
-            opening = f"Comparison: {comparison}\n"
-        else:
-            opening = ""
-        answer = f"{opening}{field}:"
-        for _ in range(2):  # a judge that opens the letter with a quote or a space ('Preferred: "A"') gets one more token
-            reply = self.ask({"messages": [user, {"role": "assistant", "content": answer}], "temperature": 0,
-                              "max_tokens": 1, "logprobs": True, "top_logprobs": self.top_logprobs})
-            top = (reply["choices"][0].get("logprobs") or {}).get("content") or [{"top_logprobs": []}]
-            top = top[0]["top_logprobs"]
-            lps = letter_logprobs(top)
-            best = max(top, key=lambda entry: entry["logprob"])["token"] if top else ""
-            if max(lps.values()) > -math.inf or best.strip(' "\'') or not best:
-                break
-            answer += best
+        comparison = self.comparison(user) if self.explain else ""
+        if comparison is None:  # the prompt alone does not fit the context
+            return {"comparison": "", "A": -math.inf, "B": -math.inf, "letter": None}
+        answer = f"Comparison: {comparison}\n{field}:" if self.explain else f"{field}:"
+        lps = self.letter_step(user, answer)
         letter = None if max(lps.values()) == -math.inf else max(lps, key=lps.get)
         return {"comparison": comparison, **lps, "letter": letter}
 
     def judge_details(self, contexts, candidates, references):
         """Per item, both orders: {"verdict", "first", "second" (the letters), "consistent", "logprob_margin"
-        (log p(candidate's letter) - log p(reference's), averaged over the orders), the two comparisons}."""
+        (log p(candidate's letter) - log p(reference's), averaged over the orders; None when a letter was
+        not read), the two comparisons}."""
         rows = []
-        with progress.bar(len(candidates), f"local judge ({self.model})") as bar:
+        with progress.bar(len(candidates), f"local judge ({Path(self.model).name})") as bar:
             for context, candidate, reference in zip(contexts, candidates, references):
                 first = self.letters(context, candidate, reference)  # candidate shown as A
                 second = self.letters(context, reference, candidate)  # candidate shown as B
                 verdict = order_swap_verdict(first["letter"], second["letter"])
                 margin = ((first["A"] - first["B"]) + (second["B"] - second["A"])) / 2
                 rows.append({"verdict": verdict, "first": first["letter"], "second": second["letter"],
-                             "consistent": verdict in ("win", "loss"), "logprob_margin": margin,
+                             "consistent": verdict in ("win", "loss"),
+                             "logprob_margin": margin if math.isfinite(margin) else None,
                              "comparison_first": first["comparison"], "comparison_second": second["comparison"]})
                 bar.update()
         return rows

@@ -172,6 +172,9 @@ def offline_rows(name, split, rows=None):
     lee-news -> openai_summarize_tldr, "test" only: prompt "POST: <article>\nTL;DR:", label "" (no reference).
     """
     rows = load_text_set(name) if rows is None else rows
+    splits = {"aclsum": ("train", "val", "test"), "llamafactory-dpo": ("train", "test"), "lee-news": ("test",)}
+    if name in splits and split not in splits[name]:
+        raise ValueError(f"offline:{name} has no {split!r} split; its splits: {splits[name]}")
     if name == "aclsum":
         out = [{"prompt": f"TITLE: {r['title']}\nPOST: {r['abstract']}\nASPECT: {aspect}\n{TLDR_MARK}",
                 "label": " " + r[aspect]} for r in rows if r["split"] == split for aspect in ACLSUM_ASPECTS]

@@ -76,3 +76,17 @@ def test_win_rate_items_split_the_judged_texts_at_their_prompt(tmp_path):
     assert frame.candidate.tolist()[:2] == [" cand 0.0", " cand 0.0"] and frame.gold_verdict.tolist()[:2] == ["win", "loss"]
     with pytest.raises(ValueError, match="do not begin with its prompt"):
         imdb.win_rate_items(tmp_path, ["other", "bad film"], n_prompts=2)
+
+
+def test_fewer_pairs_than_margin_bins_skips_the_empty_bins():
+    table = agreement.agreement_by_margin_rows({"p": ["win", "loss", "win"]}, [0.1, 0.2, 0.3], n_bins=4, draws=200)
+    assert table.n.sum() == 3 and len(table) == 3
+
+
+def test_intervals_resample_whole_prompts_when_pairs_share_one():
+    verdicts = {"p": ["win"] * 6 + ["loss"] * 6}  # two prompts, six pairs each: one agrees on all, one on none
+    by_pair = agreement.agreement_rows(verdicts, draws=500).iloc[0]
+    by_prompt = agreement.agreement_rows(verdicts, draws=500, groups=["a"] * 6 + ["b"] * 6).iloc[0]
+    assert by_pair.agreement == by_prompt.agreement == 0.5
+    assert (by_prompt.agreement_low, by_prompt.agreement_high) == (0.0, 1.0)  # two prompts: either may be drawn twice
+    assert by_pair.agreement_high - by_pair.agreement_low < 0.7  # twelve independent pairs would be far tighter

@@ -61,7 +61,7 @@ def test_a_missing_judge_model_or_runtime_is_one_line_naming_the_command(tmp_pat
     with pytest.raises(AssetMissing, match=re.escape("run `make judge-assets`")) as error:
         judges.make_judge("local:qwen2.5-coder-1.5b", "summarization", tmp_path / "cache")
     assert "\n" not in str(error.value)
-    with pytest.raises(AssetMissing, match="make judge-assets"):
+    with pytest.raises(AssetMissing, match=re.escape("run `make judge-runtime`")):
         assets.load_xllamacpp()
     with pytest.raises(ValueError, match="unknown judge model"):
         judges.LocalJudge("summarization", "gpt5", tmp_path)
@@ -88,7 +88,8 @@ def test_a_tiny_gguf_end_to_end_through_llama_cpp(runtime, tmp_path, letter, ver
     assert judges.order_swap_summary(rows)["inconsistency"] == 1.0
     assert judge.server().listening_address.startswith("http://127.0.0.1:")
     cached = judges.LocalJudge("summarization", str(model), tmp_path / "cache")
-    assert cached.judge(["post one"], ["summary 1"], ["other 1"]) == [verdict] and cached._server is None
+    assert cached.judge(["post one"], ["summary 1"], ["other 1"]) == [verdict] and cached.uncached == 0
+    assert judge.uncached == 2 * 2 * 2  # two items, two orders, the comparison and the letter step each
 
 
 def test_the_loopback_server_refuses_requests_without_the_judges_key(runtime, tmp_path):
@@ -109,3 +110,41 @@ def test_a_model_file_that_no_longer_matches_its_hash_is_refused(runtime, tmp_pa
     model.write_bytes(model.read_bytes()[:-8] + b"\1" * 8)  # changed after the judge pinned its hash (the tail was zeros)
     with pytest.raises(judges.JudgeError, match="sha256"):
         judge.judge(["post"], ["a"], ["b"])
+
+
+def fake_model(requests, quote_first=False):
+    """A stand-in for llama.cpp that prefers the text "GOOD" in whichever position it is shown: the
+    judge's wiring (which order is which, the margin's sign, the quote retry) is then checkable."""
+    def ask(request):
+        requests.append(request)
+        user, answer = request["messages"][0]["content"], request["messages"][1]["content"]
+        if request["max_tokens"] > 1:  # the comparison sentence
+            return {"choices": [{"message": {"content": "Comparison: one is better"}}]}
+        if quote_first and not answer.endswith('"'):
+            top = [{"token": ' "', "logprob": -0.05}, {"token": " A", "logprob": -4.0}, {"token": " B", "logprob": -4.5}]
+        else:
+            good_is_a = "Summary A:\nGOOD" in user
+            top = [{"token": " A", "logprob": -0.1 if good_is_a else -2.5},
+                   {"token": " B", "logprob": -2.5 if good_is_a else -0.1}]
+        return {"choices": [{"message": {"content": answer}, "logprobs": {"content": [{"top_logprobs": top}]}}]}
+    return ask
+
+
+@pytest.mark.parametrize("quote_first", [False, True])
+def test_the_judge_reads_both_orders_the_right_way_round(tmp_path, quote_first):
+    judge = judges.LocalJudge("summarization", "tiny", tmp_path)
+    requests = []
+    judge.ask = fake_model(requests, quote_first)
+    rows = judge.judge_details(["post", "post"], ["GOOD", "bad"], ["bad", "GOOD"])
+    assert [row["verdict"] for row in rows] == ["win", "loss"]  # the candidate GOOD wins, the candidate bad loses
+    assert rows[0]["logprob_margin"] == pytest.approx(2.4) and rows[1]["logprob_margin"] == pytest.approx(-2.4)
+    assert (rows[0]["first"], rows[0]["second"]) == ("A", "B") and rows[0]["comparison_first"] == "one is better"
+    letter_steps = [r for r in requests if r["max_tokens"] == 1]
+    assert letter_steps[0]["messages"][1]["content"] == "Comparison: one is better\nPreferred:"
+    if quote_first:  # the letter read after the quote, not from the leftover 2% of ' A' / ' B'
+        assert len(letter_steps) == 8 and letter_steps[1]["messages"][1]["content"].endswith('Preferred: "')
+
+
+def test_letter_logprobs_do_not_underflow():
+    lps = judges.letter_logprobs([{"token": " A", "logprob": -800.0}, {"token": "A", "logprob": -800.0}])
+    assert lps["A"] == pytest.approx(-800.0 + math.log(2))

