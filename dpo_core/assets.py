@@ -459,7 +459,9 @@ def minilm_sentiment_dir():
 
 def prepare_minilm_sentiment(**finetune_kwargs):
     """Fine-tune MiniLM on the rotten-tomatoes snippets once and cache it with its measured
-    quality on the held-out Pang & Lee sentences and reviews (quality.json)."""
+    quality on the held-out Pang & Lee sentences and reviews (quality.json) and the sha256 of
+    every file (MANIFEST), which `load_reward` checks: a cache a teacher copies onto students'
+    machines ($DPO_CACHE_DIR) is refused if a file came across damaged."""
     final = minilm_sentiment_dir()
     if (final / "config.json").is_file():
         return final
@@ -467,7 +469,36 @@ def prepare_minilm_sentiment(**finetune_kwargs):
         prepare_corpus(name)
     with atomic(final, folder=True) as tmp:
         finetune_sentiment_classifier(minilm_base_dir(), load_corpus("rotten-tomatoes"), tmp, **finetune_kwargs)
+        write_manifest(tmp)
     return final
+
+
+MANIFEST = "sha256.json"
+
+
+def write_manifest(folder):
+    """{file name: sha256} of every other file in `folder`, written into it as MANIFEST."""
+    folder = Path(folder)
+    sums = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(sums, indent=1))
+    return sums
+
+
+def check_manifest(folder):
+    """Raise AssetMissing, naming the file and the fix, when a file of `folder` is missing or differs
+    from its MANIFEST. A folder prepared before manifests existed gets one now (trust on first use)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        print(f"[assets] {folder} has no {MANIFEST}; writing one from its files as they are now")
+        try:
+            write_manifest(folder)
+        except OSError as error:  # a read-only shared cache: nothing to check against, nothing written
+            print(f"[assets] could not write {folder / MANIFEST} ({error}); its files are not checked")
+        return
+    for name, expected in json.loads((folder / MANIFEST).read_text()).items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != expected:
+            raise AssetMissing(f"{folder / name} is missing or damaged (its sha256 differs from {MANIFEST}); delete "
+                               f"{folder} and run `make assets`, or copy the cache again")
 
 
 def load_reward(name, **kwargs):
@@ -475,8 +506,10 @@ def load_reward(name, **kwargs):
     hub:siebert/sentiment-roberta-large-english)."""
     if name == "tiny":
         return SentimentReward(*tiny_classifier(), **kwargs)
-    return SentimentReward.from_pretrained(prepared_source("reward", name, "minilm-sentiment", minilm_sentiment_dir()),
-                                           **kwargs)
+    source = prepared_source("reward", name, "minilm-sentiment", minilm_sentiment_dir())
+    if name == "minilm-sentiment":
+        check_manifest(source)  # the judge of every result: a damaged copy must not score anything
+    return SentimentReward.from_pretrained(source, **kwargs)
 
 
 # ---------------------------------------------------------------- text for the paper's other tasks
