@@ -5,6 +5,8 @@
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
 #   make study [PROFILE=cpu]   the extensions: lr probe, optimizer control, data scaling: figures/STUDY.md
+#   make judge-assets          the local judge's runtime and model, and real text for the other tasks (34 MB + 1.1 GB + 38 MB)
+#   make judge [PROFILE=cpu]   the local judge against the gold classifier, and the win rates by both: figures/JUDGE.md
 #   make bench                 dpo_core against TRL and model.generate, the levers, step time vs length: bench/
 #   make lab                   JupyterLab on the notebooks
 #   make clean                 remove build/ (results/ and .venv/ are kept; see distclean)
@@ -24,7 +26,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install test unit numerics nbval assets figures study bench lab clean distclean
+.PHONY: install test unit numerics nbval judge-runtime assets judge-assets figures study judge bench lab clean distclean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,12 @@ install: $(VENV)/.installed
 
 test: unit nbval
 
-unit: install
+# llama.cpp's CPU runtime (34 MB from PyPI the first time, hash-checked, cached): the local judge's
+# tests and notebook 14's smoke run use it with a 0.1 MB model written on the spot.
+judge-runtime: install
+	@$(PY) -m dpo_core.assets xllamacpp
+
+unit: install judge-runtime
 	$(PY) -m pytest tests --durations=25
 
 # The tests whose numbers depend on the CPU's kernels (losses, log-probs, bf16, the reward model,
@@ -50,7 +57,7 @@ numerics: install
 # smoke parameters (one copy per run of a sweep), then nbval runs them cell by cell, in name
 # order, which is the order of the experiment (lax: errors and asserts, not outputs). The
 # exercise notebooks follow, each with its smoke parameters: every stub filled with its solution.
-nbval: install
+nbval: install judge-runtime
 	@rm -rf build/nbval build/smoke && mkdir -p build/nbval
 	@for stem in $(STEMS); do \
 	  if [ -f params/smoke/$$stem.yaml ]; then files=params/smoke/$$stem.yaml; else files="$$(ls params/smoke/$$stem/*.yaml)"; fi; \
@@ -191,6 +198,23 @@ $(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
 		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED)
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/13_fig_study.yaml -p profile $(PROFILE) -p study_root $(S)
+	mv $(@D)/executing.ipynb $@
+
+# The local judge (notebook 14): its agreement with the gold classifier on notebook 03's pairs, and
+# notebook 09's samples judged again by it; needs the judge's model (make judge-assets), not make assets.
+JUDGEFIG := $(R)/14_judge_agreement/main/executed.ipynb
+
+judge-assets: install
+	$(PY) -m dpo_core.assets judge
+
+judge: judge-assets $(JUDGEFIG)
+	@echo "The judge's tables are in figures/JUDGE.md (the smoke profile writes to build/smoke/figures); run in $(R)/."
+
+$(JUDGEFIG): notebooks/14_judge_agreement.ipynb params/$(PROFILE)/14_judge_agreement.yaml \
+		$(R)/03_imdb_preferences/main/FINISHED $(WINS:%=$(R)/09_imdb_win_rates/%/FINISHED) | judge-assets
+	@mkdir -p $(@D)
+	$(PM) notebooks/14_judge_agreement.ipynb $(@D)/executing.ipynb -f params/$(PROFILE)/14_judge_agreement.yaml \
+	  -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
 
 # Speed and memory side by side with TRL (a dev-only dependency), on the tiny model and the

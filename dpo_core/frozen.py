@@ -1,6 +1,6 @@
 """Train the top of a model on cached hidden states of its frozen bottom (a CPU lever).
 
-With `train.train_top_layers(model, k)`, the embeddings and blocks 0..L-k-1 never change, so
+With `models.train_top_layers(model, k)`, the embeddings and blocks 0..L-k-1 never change, so
 the hidden state entering block L-k is a fixed function of the tokens. Compute it once per
 sequence (`bottom_hidden`), and every later forward runs only the top k blocks, the final
 norm and the LM head (`top_hidden`): the same logits as the full model (tested to 1e-5), at

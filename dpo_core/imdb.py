@@ -15,6 +15,8 @@ it, and the one evaluation every policy of the frontier gets.
     reference_samples(...)    pi_ref's distinct samples in the pairs (PPO's reward normalisation)
     normalized_on_pi_ref(...) a score rescaled on those samples (PPO's training signal)
     prefixed_texts(...)       prefix + completion as the gold judge reads it
+    judged_pairs(...)         notebook 03's pairs as text, with their gold margin (the local judge's agreement)
+    win_rate_items(...)       notebook 09's judged samples split into prefix and continuations
 """
 
 import json
@@ -185,3 +187,42 @@ def normalized_on_pi_ref(score, pairs, n):
 def prefixed_texts(tokenizer, prompts, completions):
     """prefix + completion as text, special tokens dropped: what the gold judge reads."""
     return [tokenizer.decode(p + c, skip_special_tokens=True) for p, c in zip(prompts, completions)]
+
+
+def judged_pairs(prefs, tokenizer, n, seed=0):
+    """`n` of notebook 03's pairs (drawn without replacement, seeded) as text for a pairwise judge: the
+    prefix, the completion the gold reward scored higher (`chosen`) and the other, their gold scores and
+    the gold margin (chosen minus rejected, >= 0: how clear the truth is). A DataFrame, one row per pair;
+    `prompt` keys the prompt (its ids), for intervals that resample prompts: its pairs share its samples."""
+    rows = torch.randperm(len(prefs.pairs), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    pairs = prefs.pairs.select(rows)
+
+    def text(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    frame = pd.DataFrame({"pair": rows, "prompt": [" ".join(map(str, p)) for p in pairs["prompt_ids"]],
+                          "prefix": [text(p) for p in pairs["prompt_ids"]],
+                          "chosen": [text(c) for c in pairs["chosen_ids"]],
+                          "rejected": [text(r) for r in pairs["rejected_ids"]],
+                          "chosen_reward": pairs["chosen_reward"], "rejected_reward": pairs["rejected_reward"]})
+    return frame.assign(margin=frame.chosen_reward - frame.rejected_reward)
+
+
+def win_rate_items(run_dir, prefixes, n_prompts):
+    """Notebook 09's judged samples of one policy (its samples.jsonl): the first `n_prompts` prompts at
+    each temperature, with the candidate's and the reference's text split at the prompt's `prefixes`
+    (the texts as 09 judged them begin with it) and the gold judge's verdict. A DataFrame: temperature,
+    item (the prompt's index), prefix, candidate, reference, gold_verdict."""
+    samples = pd.read_json(Path(run_dir) / "samples.jsonl", lines=True)
+    rows = []
+    for temperature, group in samples.groupby("temperature", sort=True):
+        for item, (candidate, reference, verdict) in enumerate(zip(group.candidate, group.reference, group.verdict)):
+            if item == n_prompts:
+                break
+            prefix = prefixes[item]
+            if not (candidate.startswith(prefix) and reference.startswith(prefix)):
+                raise ValueError(f"{run_dir}: item {item}'s texts do not begin with its prompt {prefix!r}")
+            rows.append({"temperature": float(temperature), "item": item, "prefix": prefix,
+                         "candidate": candidate[len(prefix):], "reference": reference[len(prefix):],
+                         "gold_verdict": verdict})
+    return pd.DataFrame(rows)

@@ -6,6 +6,7 @@
     save_figure               PNG + PDF
     win_rate_figure           plot_win_rates on a new figure, titled and saved
     plot_gap_against_data     the data-scaling study: DPO minus PPO-GT at matched KL against the pairs
+    plot_two_judge_win_rates  win rate against temperature per policy, the gold and the local judge side by side
 """
 
 import matplotlib.pyplot as plt
@@ -76,6 +77,21 @@ def plot_win_rates(frame, ax=None, x="temperature"):
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_two_judge_win_rates(rows, axes):
+    """Notebook 14: each policy's win rate against temperature, one panel per judge (`axes`: a pair;
+    rows of `agreement.two_judge_rows`: run, temperature, judge, win_rate, low, high), 95% intervals."""
+    for ax, judge in zip(axes, ("gold", "local")):
+        for run, group in rows[rows.judge == judge].sort_values("temperature").groupby("run", sort=True):
+            ax.errorbar(group.temperature, group.win_rate, yerr=[group.win_rate - group.low, group.high - group.win_rate],
+                        marker="o", ms=4, lw=1, capsize=2, label=run)
+        ax.axhline(0.5, color="black", lw=0.6, ls=":")
+        ax.set(xlabel="sampling temperature", ylabel="win rate against the review's continuation", ylim=(0, 1),
+               title={"gold": "gold sentiment classifier", "local": "local LLM judge"}[judge])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return axes
 
 
 class LiveCurves:

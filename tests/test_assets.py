@@ -112,3 +112,19 @@ def test_unknown_names_are_rejected():
     for load in (assets.load_policy, assets.load_corpus, assets.load_reward):
         with pytest.raises(ValueError, match="unknown"):
             load("gpt5")
+
+
+def test_a_damaged_copy_of_a_prepared_folder_is_refused_by_its_manifest(tmp_path, capsys):
+    folder = tmp_path / "minilm-sentiment"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights" * 100)
+    assets.check_manifest(folder)  # prepared before manifests: one is written, trust on first use
+    assert "writing one" in capsys.readouterr().out and (folder / assets.MANIFEST).is_file()
+    assets.check_manifest(folder)  # intact
+    (folder / "model.safetensors").write_bytes(b"weights" * 99 + b"damaged")
+    with pytest.raises(AssetMissing, match="model.safetensors is missing or damaged"):
+        assets.check_manifest(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(AssetMissing, match="missing or damaged"):
+        assets.check_manifest(folder)
