@@ -7,6 +7,7 @@ pair comes from both orders (`judges.order_swap_verdict`): "win", "loss", "tie" 
 disagree) or "invalid" (no letter read).
 
     agreement_rows(...)          per prompt: consistency, agreement, each with its 95% interval
+    margin_agreement_rows(...)   the same pairs read from the order-averaged log-prob margin (position bias cancels)
     agreement_by_margin_rows(...) the same per bin of the gold margin: does a clearer truth help?
     prompt_agreement_rows(...)   two prompts' verdicts on the same pairs
     two_judge_rows(...)          win rates per policy, temperature and judge (gold, local)
@@ -67,6 +68,22 @@ def agreement_rows(verdicts_by_prompt, seconds_by_prompt=None, draws=2000, group
                                 rate(_scores([v for v, _ in consistent]), consistent))),
                      "seconds_per_pair": (seconds_by_prompt or {}).get(prompt, np.nan)})
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
+def margin_agreement_rows(margins_by_prompt, draws=2000, groups=None):
+    """A second reading of the same verdicts, position bias cancelled: per prompt, the share of pairs
+    whose order-averaged letter log-prob margin (`LocalJudge.judge_details`' logprob_margin: the
+    candidate's letter minus the reference's, averaged over both orders) favours the gold-preferred
+    completion, a margin of exactly 0 counting half; pairs without a margin (a letter not read) left
+    out. 95% interval resampling `groups` (prompts) or pairs."""
+    rows = []
+    for prompt, margins in margins_by_prompt.items():
+        labels = groups if groups is not None else range(len(margins))
+        kept = [(m, g) for m, g in zip(margins, labels) if m is not None and np.isfinite(m)]
+        values = [1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m, _ in kept]
+        share, low, high = _rate(values, draws, [g for _, g in kept] if groups is not None else None)
+        rows.append({"prompt": prompt, "n": len(kept), "margin_agreement": share, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["prompt", "n", "margin_agreement", "low", "high"])
 
 
 def agreement_by_margin_rows(verdicts_by_prompt, margins, n_bins=4, draws=2000, groups=None):
@@ -155,8 +172,8 @@ def _markdown(frame):
     return (results.markdown_table(frame.to_dict("records"), list(frame.columns)) if len(frame) else "(none)") + "\n"
 
 
-def judge_readme(judge_model, n_pairs, agreement, by_margin, prompts, win_rates, gaps, item_agreement, stages,
-                 win_rate_prompt, n_prompts):
+def judge_readme(judge_model, n_pairs, agreement, margin_agreement, by_margin, prompts, win_rates, gaps, item_agreement,
+                 stages, win_rate_prompt, n_prompts):
     """The text of figures/JUDGE.md: every table of notebook 14, with what produced it."""
     lines = [
         "# figures/JUDGE.md: how far to trust the local judge",
@@ -172,6 +189,11 @@ def judge_readme(judge_model, n_pairs, agreement, by_margin, prompts, win_rates,
         "pair as half; 95% bootstrap intervals over prompts (a prompt's pairs share its samples).",
         "",
         _markdown(agreement),
+        "The same pairs read from the order-averaged log-prob margin (the candidate's letter minus the reference's, "
+        "averaged over both orders, so a preference for a position cancels): the share favouring the "
+        "gold-preferred completion. A second reading, not the App. C.2 protocol:",
+        "",
+        _markdown(margin_agreement),
         "By gold margin (quantile bins of chosen minus rejected gold score):",
         "",
         _markdown(by_margin),

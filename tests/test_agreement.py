@@ -90,3 +90,10 @@ def test_intervals_resample_whole_prompts_when_pairs_share_one():
     assert by_pair.agreement == by_prompt.agreement == 0.5
     assert (by_prompt.agreement_low, by_prompt.agreement_high) == (0.0, 1.0)  # two prompts: either may be drawn twice
     assert by_pair.agreement_high - by_pair.agreement_low < 0.7  # twelve independent pairs would be far tighter
+
+
+def test_the_order_averaged_margin_is_read_as_a_second_verdict():
+    table = agreement.margin_agreement_rows({"p": [1.0, -0.5, 0.0, None, 2.0]}, draws=200)
+    row = table.iloc[0]
+    assert row.n == 4 and row.margin_agreement == pytest.approx((1 + 0 + 0.5 + 1) / 4)  # a missing margin left out
+    assert row.low <= row.margin_agreement <= row.high
