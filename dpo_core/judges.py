@@ -27,9 +27,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dpo_core import assets, progress, tiny
+from dpo_core import assets, progress
 from dpo_core.assets import load_reward
-from dpo_core.results import atomic, atomic_write
+from dpo_core.results import atomic_write
 
 VERDICTS = ("win", "loss", "tie", "invalid")
 
@@ -112,6 +112,12 @@ PROMPTS = {
 }
 
 
+def fill_prompt(task, context, a, b):
+    """PROMPTS[task] with the context and the two texts, A first."""
+    template, _ = PROMPTS[task]
+    return template.format(context=context, a=a, b=b)
+
+
 class JudgeError(RuntimeError):
     pass
 
@@ -150,8 +156,7 @@ class ChatJudge:
         return random.Random(f"{self.seed}:{index}").random() < 0.5
 
     def prompt(self, context, a, b):
-        template, _ = PROMPTS[self.task]
-        return template.format(context=context, a=a, b=b)
+        return fill_prompt(self.task, context, a, b)
 
     def judge(self, contexts, candidates, references):
         _, field = PROMPTS[self.task]
@@ -271,12 +276,6 @@ class LocalJudge:
         if task not in PROMPTS:
             raise ValueError(f"unknown judge task {task!r}; choose one of {sorted(PROMPTS)}")
         self.task, self.model, self.cache_dir = task, model, Path(cache_dir)
-        if model == "tiny":  # the tests' and smoke's 0.1 MB model, written on first use
-            model = self.cache_dir / "tiny-judge.gguf"
-            if not model.is_file():
-                with atomic(model) as tmp:
-                    tiny.tiny_judge_gguf(tmp)
-            model = str(model)
         self.path = assets.judge_model_path(model)  # a missing model stops here, with the command to prepare it
         self.explain = "Comparison:" in PROMPTS[task][0]  # the judge writes its comparison when the prompt asks
         self.explain_tokens, self.top_logprobs = explain_tokens, top_logprobs
@@ -285,8 +284,7 @@ class LocalJudge:
         self.uncached = 0  # requests that reached the model in this process (0: every reply came from the cache)
 
     def prompt(self, context, a, b):
-        template, _ = PROMPTS[self.task]
-        return template.format(context=context, a=a, b=b)
+        return fill_prompt(self.task, context, a, b)
 
     def server(self):
         """llama.cpp's server for this model, started at the first uncached request (a cached rerun never
