@@ -206,6 +206,14 @@ def first_prompts(prompts, n):
     return [i for i, p in enumerate(prompts) if tuple(p) in keep]
 
 
+def rows_on_other_prompts(prompts, seen_prompts):
+    """Indices of the rows whose prompt is not among `seen_prompts`: a held-out preference set kept
+    disjoint from a training set. Prompts are 2-8 token review openings, so two reviews can open
+    alike ("note :"); such a prompt is the same prompt, and its held-out pairs are dropped."""
+    seen = {tuple(p) for p in seen_prompts}
+    return [i for i, p in enumerate(prompts) if tuple(p) not in seen]
+
+
 def review_prefixes(tokenizer, texts, min_tokens, max_tokens, seed):
     """The paper's IMDb prompts: the first 2-8 tokens of each review (App. C.1), the length
     drawn uniformly per review with a seeded generator. Returns lists of ids."""

@@ -81,3 +81,10 @@ def test_first_prompts_keeps_the_pairs_of_the_first_n_distinct_prompts():
     assert first_prompts(prompts, 4) == list(range(7))
     with pytest.raises(ValueError, match="5 prompts asked for"):
         first_prompts(prompts, 5)
+
+
+def test_rows_on_other_prompts_drops_the_rows_of_a_prompt_the_training_set_has():
+    from dpo_core.data import rows_on_other_prompts
+    held = [[5, 6], [5, 6], [7], [8, 9], [7]]  # [7] is also a training prompt: two reviews opening alike
+    assert rows_on_other_prompts(held, [[1], [7], [5]]) == [0, 1, 3]  # [5] is not [5, 6]
+    assert rows_on_other_prompts(held, []) == [0, 1, 2, 3, 4]
