@@ -183,16 +183,21 @@ $(SR)/03_imdb_preferences/main/FINISHED: $(R)/03_imdb_preferences/main/FINISHED
 $(SR)/03_imdb_preferences/%/FINISHED: notebooks/03_imdb_preferences.ipynb $(SP)/03_imdb_preferences/%.yaml $(LINKED)
 	$(call SRUN,03_imdb_preferences,$(SP)/03_imdb_preferences/$*.yaml)
 
+# A study run depends on the pairs it reads, read from its own params file: preferences_run (default
+# main, the figure's) and held_out_run; so a new pairs set reruns only the runs that read it.
+READS = $(SR)/03_imdb_preferences/$(or $(shell sed -n 's/^preferences_run: *\([^ #]*\).*/\1/p' $(1)),main)/FINISHED \
+        $(patsubst %,$(SR)/03_imdb_preferences/%/FINISHED,$(shell sed -n 's/^held_out_run: *\([^ #]*\).*/\1/p' $(1)))
+.SECONDEXPANSION:
 $(SR)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.ipynb \
-		$(SP)/04_imdb_dpo_and_baselines/%.yaml $(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$(SP)/04_imdb_dpo_and_baselines/%.yaml $$(call READS,$(SP)/04_imdb_dpo_and_baselines/$$*.yaml) $(LINKED)
 	$(call SRUN,04_imdb_dpo_and_baselines,$(SP)/04_imdb_dpo_and_baselines/$*.yaml)
 
 $(SR)/05_imdb_reward_model/%/FINISHED: notebooks/05_imdb_reward_model.ipynb $(SP)/05_imdb_reward_model/%.yaml \
-		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$$(call READS,$(SP)/05_imdb_reward_model/$$*.yaml) $(LINKED)
 	$(call SRUN,05_imdb_reward_model,$(SP)/05_imdb_reward_model/$*.yaml)
 
 $(SR)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb $(SP)/06_imdb_ppo/%.yaml \
-		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$$(call READS,$(SP)/06_imdb_ppo/$$*.yaml) $(LINKED)
 	$(call SRUN,06_imdb_ppo,$(SP)/06_imdb_ppo/$*.yaml)
 
 $(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
