@@ -85,12 +85,16 @@ R     := results/$(PROFILE)
 SWEEP := $(basename $(notdir $(wildcard params/$(PROFILE)/04_imdb_dpo_and_baselines/*.yaml)))
 PPO   := $(basename $(notdir $(wildcard params/$(PROFILE)/06_imdb_ppo/*.yaml)))
 WINS  := $(basename $(notdir $(wildcard params/$(PROFILE)/09_imdb_win_rates/*.yaml)))
-RUNS  := $(words 02 03 $(SWEEP) 05 $(PPO) 07 $(WINS))
+# A profile leaves a stage out by having no parameter file for it (quick: no learned reward model,
+# Best-of-N or win rates): the same graph, fewer nodes.
+RM    := $(if $(wildcard params/$(PROFILE)/05_imdb_reward_model.yaml),$(R)/05_imdb_reward_model/main/FINISHED)
+BON   := $(if $(wildcard params/$(PROFILE)/07_imdb_best_of_n.yaml),$(R)/07_imdb_best_of_n/main/FINISHED)
+RUNS  := $(words 02 03 $(SWEEP) $(RM) $(PPO) $(BON) $(WINS))
 # Says which stage starts and how many of the graph's runs are finished before it.
 STAGE  = echo "[figures] $(1) $(notdir $(@D)): starting; $$(find $(R) -name FINISHED 2>/dev/null | wc -l) of $(RUNS) runs finished"
 RUN    = $(call STAGE,$(1)) && mkdir -p $(@D) && $(PM) notebooks/$(1).ipynb $(@D)/executed.ipynb -f $(2) -p profile $(PROFILE) -p results_root results
 FIGURE := $(R)/08_fig_reward_kl_frontier/main/executed.ipynb
-WINFIG := $(R)/10_fig_win_rates/main/executed.ipynb
+WINFIG := $(if $(WINS),$(R)/10_fig_win_rates/main/executed.ipynb)
 
 # TL;DR and Anthropic-HH (notebooks 11, 12) need the hub and a judge: only the paper profile runs them.
 TASKS  := $(if $(filter paper,$(PROFILE)),$(R)/11_tldr_dpo/dpo_beta-0.5/FINISHED $(R)/12_hh_dpo/dpo_beta-0.1/FINISHED)
@@ -119,7 +123,7 @@ $(R)/05_imdb_reward_model/main/FINISHED: notebooks/05_imdb_reward_model.ipynb pa
 	$(call RUN,05_imdb_reward_model,params/$(PROFILE)/05_imdb_reward_model.yaml)
 
 $(R)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb params/$(PROFILE)/06_imdb_ppo/%.yaml \
-		$(R)/05_imdb_reward_model/main/FINISHED
+		$(R)/03_imdb_preferences/main/FINISHED $(RM)
 	$(call RUN,06_imdb_ppo,params/$(PROFILE)/06_imdb_ppo/$*.yaml)
 
 $(R)/07_imdb_best_of_n/main/FINISHED: notebooks/07_imdb_best_of_n.ipynb params/$(PROFILE)/07_imdb_best_of_n.yaml \
@@ -127,8 +131,7 @@ $(R)/07_imdb_best_of_n/main/FINISHED: notebooks/07_imdb_best_of_n.ipynb params/$
 	$(call RUN,07_imdb_best_of_n,params/$(PROFILE)/07_imdb_best_of_n.yaml)
 
 $(FIGURE): notebooks/08_fig_reward_kl_frontier.ipynb params/$(PROFILE)/08_fig_reward_kl_frontier.yaml \
-		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED) $(PPO:%=$(R)/06_imdb_ppo/%/FINISHED) \
-		$(R)/07_imdb_best_of_n/main/FINISHED
+		$(SWEEP:%=$(R)/04_imdb_dpo_and_baselines/%/FINISHED) $(PPO:%=$(R)/06_imdb_ppo/%/FINISHED) $(BON)
 	@mkdir -p $(@D)
 	$(PM) $< $(@D)/executing.ipynb -f params/$(PROFILE)/08_fig_reward_kl_frontier.yaml -p profile $(PROFILE) -p results_root results
 	mv $(@D)/executing.ipynb $@
@@ -180,16 +183,21 @@ $(SR)/03_imdb_preferences/main/FINISHED: $(R)/03_imdb_preferences/main/FINISHED
 $(SR)/03_imdb_preferences/%/FINISHED: notebooks/03_imdb_preferences.ipynb $(SP)/03_imdb_preferences/%.yaml $(LINKED)
 	$(call SRUN,03_imdb_preferences,$(SP)/03_imdb_preferences/$*.yaml)
 
+# A study run depends on the pairs it reads, read from its own params file: preferences_run (default
+# main, the figure's) and held_out_run; so a new pairs set reruns only the runs that read it.
+READS = $(SR)/03_imdb_preferences/$(or $(shell sed -n 's/^preferences_run: *\([^ #]*\).*/\1/p' $(1)),main)/FINISHED \
+        $(patsubst %,$(SR)/03_imdb_preferences/%/FINISHED,$(shell sed -n 's/^held_out_run: *\([^ #]*\).*/\1/p' $(1)))
+.SECONDEXPANSION:
 $(SR)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.ipynb \
-		$(SP)/04_imdb_dpo_and_baselines/%.yaml $(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$(SP)/04_imdb_dpo_and_baselines/%.yaml $$(call READS,$(SP)/04_imdb_dpo_and_baselines/$$*.yaml) $(LINKED)
 	$(call SRUN,04_imdb_dpo_and_baselines,$(SP)/04_imdb_dpo_and_baselines/$*.yaml)
 
 $(SR)/05_imdb_reward_model/%/FINISHED: notebooks/05_imdb_reward_model.ipynb $(SP)/05_imdb_reward_model/%.yaml \
-		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$$(call READS,$(SP)/05_imdb_reward_model/$$*.yaml) $(LINKED)
 	$(call SRUN,05_imdb_reward_model,$(SP)/05_imdb_reward_model/$*.yaml)
 
 $(SR)/06_imdb_ppo/%/FINISHED: notebooks/06_imdb_ppo.ipynb $(SP)/06_imdb_ppo/%.yaml \
-		$(S03:%=$(SR)/03_imdb_preferences/%/FINISHED) $(LINKED)
+		$$(call READS,$(SP)/06_imdb_ppo/$$*.yaml) $(LINKED)
 	$(call SRUN,06_imdb_ppo,$(SP)/06_imdb_ppo/$*.yaml)
 
 $(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
