@@ -36,6 +36,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # bf16 must beat fp32 by this much at the model's shapes: the casts and the fp32 work around
 # the matmuls (log-softmax, optimizer, norms) eat part of the matmul gain.
 MIN_SPEEDUP = 1.3
+GIVE_UP = 3.0  # bf16 first calls past 3x an fp32 pass: slower, stop timing it (fp32 is chosen either way)
 
 
 def check(precision):
@@ -155,13 +156,23 @@ def model_matmul_shapes(model, tokens=512):
     return counts
 
 
-def matmul_seconds(shapes, dtype, reps=3):
-    """Seconds for one pass over `shapes` ({(M, K, N): count}) in `dtype`, the best of `reps`."""
+def matmul_seconds(shapes, dtype, reps=3, give_up_after=None):
+    """Seconds for one pass over `shapes` ({(M, K, N): count}) in `dtype`, the best of `reps`.
+
+    With `give_up_after` (seconds): when the warm-up calls, each shape once and scaled by its count,
+    already add up to more than that, return that estimate instead of timing `reps` passes. A CPU
+    without bf16 instructions emulates bf16 matmuls some 30x slower than fp32: timing them whole
+    would cost minutes to learn what the first seconds show."""
     g = torch.Generator().manual_seed(0)
     operands = {s: (torch.randn(s[0], s[1], generator=g).to(dtype), torch.randn(s[1], s[2], generator=g).to(dtype))
                 for s in shapes}
-    for a, b in operands.values():  # warm-up: first calls pick kernels and fault in pages
+    estimate = 0.0
+    for shape, (a, b) in operands.items():  # warm-up: first calls pick kernels and fault in pages
+        start = time.perf_counter()
         a @ b
+        estimate += (time.perf_counter() - start) * shapes[shape]
+        if give_up_after is not None and estimate > give_up_after:
+            return estimate
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
@@ -214,7 +225,8 @@ def choose(precision, model, tokens=512, verbose=True):
     except (OSError, ValueError):
         cached = {}
     if key not in cached or not isinstance(cached[key], dict) or "speedup" not in cached[key]:
-        fp32, bf16 = matmul_seconds(shapes, torch.float32), matmul_seconds(shapes, torch.bfloat16)
+        fp32 = matmul_seconds(shapes, torch.float32)
+        bf16 = matmul_seconds(shapes, torch.bfloat16, give_up_after=GIVE_UP * fp32)  # emulated bf16: seconds, not minutes
         cached[key] = {"fp32_s": fp32, "bf16_s": bf16, "speedup": fp32 / bf16, "measured": time.strftime("%F %T")}
         atomic_write(path, json.dumps(cached, indent=1))
     speedup = cached[key]["speedup"]

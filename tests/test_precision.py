@@ -44,7 +44,7 @@ def test_choose_keeps_explicit_precisions_and_measures_auto_once_per_machine(tmp
     timings = iter([(1.0, 2.0), (4.0, 1.0)])  # (fp32 s, bf16 s): bf16 slower, then 4x faster
     current = []
 
-    def fake(shapes, dtype):  # fp32 is timed first, then bf16
+    def fake(shapes, dtype, give_up_after=None):  # fp32 is timed first, then bf16
         if dtype == torch.float32:
             current[:] = next(timings)
         return current[0] if dtype == torch.float32 else current[1]
@@ -55,6 +55,23 @@ def test_choose_keeps_explicit_precisions_and_measures_auto_once_per_machine(tmp
     assert precision.choose("auto", tiny_gpt2(n_embd=64)) == "bf16"  # other shapes, measured: 4x
     stored = json.loads((tmp_path / "precision.json").read_text())
     assert sorted(round(v["speedup"], 2) for v in stored.values()) == [0.5, 4.0]
+
+
+def test_matmul_timing_gives_up_on_a_dtype_already_slower_in_its_first_calls(monkeypatch):
+    """Emulated bf16 (no bf16 instructions): the first calls, scaled by each shape's count, past the
+    limit end the timing there; no timed passes follow."""
+    calls = []
+    clock = iter(range(100))
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: float(next(clock)))  # each call takes 1 s
+
+    shapes = {(4, 3, 2): 5, (4, 2, 3): 1, (4, 3, 3): 1}
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(a.shape) or real_matmul(a, b))
+    assert precision.matmul_seconds(shapes, torch.bfloat16, give_up_after=4.0) == 5.0  # 1 s x 5 uses > 4
+    assert len(calls) == 1
+    calls.clear()
+    assert precision.matmul_seconds(shapes, torch.float32, reps=2, give_up_after=100.0) == 1.0  # a pass: 1 s
+    assert len(calls) == 3 + 2 * 7  # the warm-up, then two passes of 7 matmuls
 
 
 def test_auto_measures_this_machine_for_real(tmp_path, monkeypatch):
