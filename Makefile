@@ -100,7 +100,7 @@ WINFIG := $(if $(WINS),$(R)/10_fig_win_rates/main/executed.ipynb)
 TASKS  := $(if $(filter paper,$(PROFILE)),$(R)/11_tldr_dpo/dpo_beta-0.5/FINISHED $(R)/12_hh_dpo/dpo_beta-0.1/FINISHED)
 
 figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE) $(WINFIG) $(TASKS)
-	@echo "Figures are in figures/ (the smoke profile writes to build/smoke/figures); runs in $(R)/."
+	@echo "Figures are in $(if $(filter quick,$(PROFILE)),figures/quick/,figures/) (the smoke profile writes to build/smoke/figures); runs in $(R)/."
 
 $(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
 	@mkdir -p $(@D)
