@@ -154,7 +154,7 @@ def plot_gap_against_data(scaling, ax=None):
                     capsize=3, lw=1, label=f"at KL {kl}", color=f"C{i}")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log")
-    ax.set(xlabel="preference pairs DPO trains on (each seen at most once)",
+    ax.set(xlabel="pairs in DPO's preference set (same steps for all: a small set repeats its pairs)",
            ylabel="DPO minus PPO-GT, mean gold reward", title="Does DPO catch PPO-GT with more preference data?")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
