@@ -78,6 +78,9 @@ nbval: install judge-runtime
 assets: install
 	$(PY) -m dpo_core.assets
 
+# A parameter's value as a params file sets it (empty where it does not): $(call PARAM,<file>,<name>).
+PARAM = $(shell sed -n 's/^$(2): *\([^ #]*\).*/\1/p' $(1))
+
 # The IMDb experiment as a graph of runs. Each run is one papermill execution writing into its
 # own directory and a FINISHED marker last: a finished run is not run again, a changed notebook
 # or parameter file reruns it and what depends on it, and `make -j` runs the sweep in parallel.
@@ -100,7 +103,7 @@ WINFIG := $(if $(WINS),$(R)/10_fig_win_rates/main/executed.ipynb)
 TASKS  := $(if $(filter paper,$(PROFILE)),$(R)/11_tldr_dpo/dpo_beta-0.5/FINISHED $(R)/12_hh_dpo/dpo_beta-0.1/FINISHED)
 
 figures: assets $(R)/01_dpo_loss_walkthrough/main/executed.ipynb $(FIGURE) $(WINFIG) $(TASKS)
-	@echo "Figures are in $(if $(filter quick,$(PROFILE)),figures/quick/,figures/) (the smoke profile writes to build/smoke/figures); runs in $(R)/."
+	@echo "Figures are in $(or $(call PARAM,params/$(PROFILE)/08_fig_reward_kl_frontier.yaml,fig_dir),figures)/; runs in $(R)/."
 
 $(R)/01_dpo_loss_walkthrough/main/executed.ipynb: notebooks/01_dpo_loss_walkthrough.ipynb params/$(PROFILE)/01_dpo_loss_walkthrough.yaml | install
 	@mkdir -p $(@D)
@@ -185,8 +188,8 @@ $(SR)/03_imdb_preferences/%/FINISHED: notebooks/03_imdb_preferences.ipynb $(SP)/
 
 # A study run depends on the pairs it reads, read from its own params file: preferences_run (default
 # main, the figure's) and held_out_run; so a new pairs set reruns only the runs that read it.
-READS = $(SR)/03_imdb_preferences/$(or $(shell sed -n 's/^preferences_run: *\([^ #]*\).*/\1/p' $(1)),main)/FINISHED \
-        $(patsubst %,$(SR)/03_imdb_preferences/%/FINISHED,$(shell sed -n 's/^held_out_run: *\([^ #]*\).*/\1/p' $(1)))
+READS = $(SR)/03_imdb_preferences/$(or $(call PARAM,$(1),preferences_run),main)/FINISHED \
+        $(patsubst %,$(SR)/03_imdb_preferences/%/FINISHED,$(call PARAM,$(1),held_out_run))
 .SECONDEXPANSION:
 $(SR)/04_imdb_dpo_and_baselines/%/FINISHED: notebooks/04_imdb_dpo_and_baselines.ipynb \
 		$(SP)/04_imdb_dpo_and_baselines/%.yaml $$(call READS,$(SP)/04_imdb_dpo_and_baselines/$$*.yaml) $(LINKED)
