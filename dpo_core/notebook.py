@@ -86,16 +86,13 @@ def check_parameters(namespace, positive="", non_negative="", fractions=""):
     return params
 
 
-def check_offline_method(method, setting, label_smoothing=0.0):
-    """Notebook 04's method and setting: an offline method of the registry, its setting in range,
-    cDPO's label noise for DPO only. Returns the registry entry."""
-    require(method in methods.OFFLINE, f"method must be one of {methods.OFFLINE} (dpo_core/methods.py), got {method!r}")
-    entry = methods.get(method)
-    require(entry.setting != "beta" or setting > 0, f"{method}'s beta must be > 0, got {setting}")
-    require(method != "unlikelihood" or 0 <= setting <= 1, f"unlikelihood's alpha must be in [0, 1], got {setting}")
-    require(0 <= label_smoothing < 0.5 and (label_smoothing == 0 or method == "dpo"),
-            "label_smoothing: dpo only, in [0, 0.5)")
-    return entry
+def offline_objective(method, setting, options):
+    """Notebook 04's method, setting and method options as a checked `methods.objective`; a
+    ParameterError says what the registry entry allows."""
+    try:
+        return methods.objective(method, setting, **options)
+    except ValueError as err:
+        raise ParameterError(str(err)) from None
 
 
 def require(condition, message):

@@ -11,10 +11,14 @@ takes clipped-ratio steps. The KL coefficient adapts so that the KL tracks a tar
     ppo_policy_loss        the clipped surrogate objective (Schulman et al., 2017)
     ppo_value_loss         the clipped value loss
     AdaptiveKLController   Ziegler et al.'s proportional controller of the KL coefficient
+    ppo_step               one iteration: rollouts, KL-penalised advantages, clipped updates (PPOConfig)
 
 Tensors are (B, T) over completion positions with a (B, T) 0/1 `mask`; the last real
 token of row b is the last position where mask[b] is 1.
 """
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -149,20 +153,43 @@ def policy_forward(policy, value_head, input_ids, attention_mask, labels, bottom
     return logps, values, mask.float()
 
 
-def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_controller, tokenizer, max_new_tokens,
-             generator, ppo_epochs=2, minibatch_size=16, clip_range=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, n_top=0):
+class PPOModels(NamedTuple):
+    """The three models of a PPO iteration."""
+    policy: torch.nn.Module  # the LM being trained
+    value_head: torch.nn.Module  # `ValueHead` on the policy's last hidden state
+    reference: torch.nn.Module  # frozen pi_ref: the KL penalty's other side
+
+
+@dataclass
+class PPOConfig:
+    """One PPO iteration's settings, with the defaults of TRL's IMDb example (minGPT's pattern)."""
+    max_new_tokens: int = 32  # completion length of each rollout
+    pad_token_id: int = 0  # the tokenizer's pad id (rollouts are padded to one length)
+    eos_token_id: Optional[int] = None  # a rollout stops there; None: always max_new_tokens
+    ppo_epochs: int = 2  # passes of clipped updates over each rollout batch
+    minibatch_size: int = 16  # rollouts per update
+    clip_range: float = 0.2  # the ratio clip of the policy loss and the value clip
+    vf_coef: float = 0.1  # weight of the value loss
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE's lambda
+    n_top: int = 0  # > 0: only the top n_top blocks train; the frozen bottom runs once per rollout batch
+
+
+def ppo_step(models, optimizer, prompts, score, kl_controller, generator, config):
     """One PPO iteration: sample the prompts, score, compute KL-penalised advantages, then
-    `ppo_epochs` passes of clipped updates in minibatches. `score(prompts, completions)`
+    `config.ppo_epochs` passes of clipped updates in minibatches. `score(prompts, completions)`
     returns (B,) rewards (the learned reward model for PPO, the gold reward for PPO-GT).
 
-    n_top > 0 (only the top n_top blocks trained, `models.train_top_layers`): the frozen bottom
-    runs once per rollout batch and its states serve pi, pi_ref (whose bottom is the same
+    config.n_top > 0 (only the top n_top blocks trained, `models.train_top_layers`): the frozen
+    bottom runs once per rollout batch and its states serve pi, pi_ref (whose bottom is the same
     frozen weights) and every minibatch pass.
     """
+    policy, value_head, reference = models
+    c, n_top = config, config.n_top
     policy.eval()
-    completions = sample(policy, prompts, max_new_tokens, temperature=1.0, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, generator=generator)
-    input_ids, attention_mask, labels = completion_batch(prompts, completions, tokenizer.pad_token_id)
+    completions = sample(policy, prompts, c.max_new_tokens, temperature=1.0, eos_token_id=c.eos_token_id,
+                         pad_token_id=c.pad_token_id, generator=generator)
+    input_ids, attention_mask, labels = completion_batch(prompts, completions, c.pad_token_id)
     with torch.no_grad():
         bottom = bottom_hidden(policy, input_ids, attention_mask, n_top) if n_top else None  # (B, T, H)
         old_logps, old_values, mask = policy_forward(policy, value_head, input_ids, attention_mask, labels, bottom, n_top)
@@ -170,17 +197,17 @@ def ppo_step(policy, value_head, reference, optimizer, prompts, score, kl_contro
         ref_logps, _ = token_logps(lm_logits(reference, ref_hidden), labels)
         scores = torch.as_tensor(score(prompts, completions), dtype=torch.float32)
         rewards, kl = kl_penalized_rewards(scores, old_logps, ref_logps, mask, kl_controller.value)
-        advantages, returns = gae(rewards, old_values, mask, gamma, lam)
+        advantages, returns = gae(rewards, old_values, mask, c.gamma, c.lam)
         advantages = whiten(advantages, mask)
     policy.train()
     stats = []
-    for _ in range(ppo_epochs):
-        for idx in torch.randperm(len(prompts), generator=generator).split(minibatch_size):
+    for _ in range(c.ppo_epochs):
+        for idx in torch.randperm(len(prompts), generator=generator).split(c.minibatch_size):
             logps, values, m = policy_forward(policy, value_head, input_ids[idx], attention_mask[idx], labels[idx],
                                               None if bottom is None else bottom[idx], n_top)
-            policy_loss, clip_fraction = ppo_policy_loss(logps, old_logps[idx], advantages[idx], m, clip_range)
-            value_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, clip_range)
-            loss = policy_loss + vf_coef * value_loss
+            policy_loss, clip_fraction = ppo_policy_loss(logps, old_logps[idx], advantages[idx], m, c.clip_range)
+            value_loss = ppo_value_loss(values, old_values[idx], returns[idx], m, c.clip_range)
+            loss = policy_loss + c.vf_coef * value_loss
             apply_loss(optimizer, loss, "PPO loss")
             stats.append((policy_loss.item(), value_loss.item(), clip_fraction))
     sequence_kl = kl.sum(-1).mean().item()

@@ -1,7 +1,9 @@
 """Training: the one loop (`train_loop`), the steps it runs, and pi_ref's log-probs.
 
     train_loop                 batches, step, evaluation, checkpoint/resume, NaN stop, progress
+    LoopOptions                what the loop does besides stepping, with its defaults
     fit_offline                an offline method's run through it: pi_ref's log-probs, the stepper, the loop
+    PairData                   an offline run's pairs: examples, every step's batch, the forwards
     preference_step            one step of an offline method of the registry (DPO's Eq. 7, IPO, ...)
     dpo_step                   the same, for DPO
     reward_model_step          one step of the Bradley-Terry loss, Eq. 2
@@ -17,7 +19,9 @@ since a strict accuracy reads 0 (not 0.5) when every pair ties, as at step 0.
 """
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -27,7 +31,7 @@ from dpo_core.distributed import local_share, mean_over_processes
 from dpo_core.evaluate import preference_margins
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss, implicit_reward
-from dpo_core.methods import METHODS
+from dpo_core.methods import objective as method_objective
 from dpo_core.precision import autocast_state, check_cache_off
 from dpo_core.results import cached_tensors, fingerprint
 from dpo_core.stats import clustered_interval
@@ -183,33 +187,32 @@ def dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, p
     }
 
 
-def preference_step(policy, optimizer, batch, method, setting, reference_logps=(None, None),
-                    forward=concatenated_forward, **options):
+def preference_step(policy, optimizer, batch, objective, reference_logps=(None, None), forward=concatenated_forward):
     """One optimizer step of an offline preference method of the registry (`methods.METHODS`:
     DPO's Eq. 7, IPO, hinge, Preferred-FT, Unlikelihood) on a collated batch; returns the metrics
     measured before the update. A non-finite loss stops before the weights change.
 
     Args:
-        method: a `methods.Method` with a loss; setting: its value for this run (DPO's beta, ...).
+        objective: a `methods.objective`: the method with this run's setting (DPO's beta, ...) and options.
         reference_logps: pi_ref's (chosen, rejected) log-probs of this batch, in its layout
             (`reference_logps_by_batch`); the reference-free baselines ignore them.
         forward: `forward(policy, batch)` -> (chosen, rejected) log-probs;
             `frozen.concatenated_top_forward` runs only the trained top on cached bottom states.
-        options: extra keyword arguments of the loss (DPO's label_smoothing).
     """
+    method, beta = objective.method, objective.setting
     policy_chosen_logps, policy_rejected_logps = forward(policy, batch)
-    losses = method.loss(policy_chosen_logps, policy_rejected_logps, *reference_logps, setting, **options)
+    losses = objective.losses(policy_chosen_logps, policy_rejected_logps, *reference_logps)
     apply_loss(optimizer, losses.mean(), f"{method.name} loss", " (lower the learning rate?)")
     if not method.uses_reference:
         return {"loss": losses.mean().item(), "logps/chosen": policy_chosen_logps.detach().mean().item(),
                 "logps/rejected": policy_rejected_logps.detach().mean().item()}
-    chosen_rewards = implicit_reward(policy_chosen_logps, reference_logps[0], setting).detach()  # Eq. 5
-    rejected_rewards = implicit_reward(policy_rejected_logps, reference_logps[1], setting).detach()
+    chosen_rewards = implicit_reward(policy_chosen_logps, reference_logps[0], beta).detach()  # Eq. 5
+    rejected_rewards = implicit_reward(policy_rejected_logps, reference_logps[1], beta).detach()
     return dpo_metrics(losses, chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
 
 
-def preference_stepper(policy, optimizer, schedule, make_batch, method, setting, reference_by_batch=None,
-                       forward=concatenated_forward, accelerator=None, **options):
+def preference_stepper(policy, optimizer, schedule, make_batch, objective, reference_by_batch=None,
+                       forward=concatenated_forward, accelerator=None):
     """`step(indices)` for `train_loop`: this process's share of the pairs (`distributed.local_share`),
     collated (`make_batch`), one `preference_step`, the scheduler stepped, and the metrics averaged
     over processes. `reference_by_batch`: pi_ref's log-probs per local batch, from
@@ -219,46 +222,54 @@ def preference_stepper(policy, optimizer, schedule, make_batch, method, setting,
         reference = reference_by_batch[tuple(indices)] if reference_by_batch is not None else (None, None)
         device = next(policy.parameters()).device
         policy.train()
-        metrics = preference_step(policy, optimizer, make_batch(indices), method, setting,
-                                  [None if x is None else x.to(device) for x in reference], forward, **options)
+        metrics = preference_step(policy, optimizer, make_batch(indices), objective,
+                                  [None if x is None else x.to(device) for x in reference], forward)
         schedule.step()
         return mean_over_processes(metrics, accelerator)
     return step
 
 
-def fit_offline(policy, reference_model, examples, method, setting, optimizer, schedule, batches, make_batch, *,
-                cache_dir, checkpoint=None, reference_forward=concatenated_forward, forward=concatenated_forward,
-                accelerator=None, evaluate=None, eval_at=(), log_every=10, on_evaluate=None, desc="train", **options):
-    """One run of an offline method of the registry (`methods`: DPO's Eq. 7, IPO, ...) on `examples`:
-    pi_ref's log-probs of every step's batch in that batch's own layout, cached
-    (`cached_reference_logps`; reference-free methods skip them), then `preference_stepper` through
-    `train_loop`, one step per batch. Call it inside `precision.autocast`.
+@dataclass
+class PairData:
+    """An offline run's pairs as its steps meet them, and how the policy and pi_ref score them."""
+    examples: list  # `data.make_pair` examples
+    batches: list  # every step's pair indices, all processes' (`training_batches`): a pure function of the run
+    make_batch: Callable  # indices -> the collated batch on the device (`pair_batch_maker`)
+    forward: Callable = concatenated_forward  # (policy, batch) -> (chosen, rejected) log-probs, each (B,)
+    reference_forward: Callable = concatenated_forward  # the same for pi_ref (its log-probs are cached)
+
+
+def fit_offline(run, policy, reference_model, objective, optimizer, schedule, pairs, options=None):
+    """One run of an offline method of the registry (`methods`: DPO's Eq. 7, IPO, ...) on `pairs`:
+    pi_ref's log-probs of every step's batch in that batch's own layout, cached in `run.cache`
+    (`cached_reference_logps`; reference-free methods skip them), then `preference_stepper`
+    through `train_loop`, one step per batch. Call it inside `precision.autocast`.
 
     Args:
+        run: a `run.Run`: its cache and its accelerator (None: one process).
         policy: what each step differentiates: the model, or a `logprobs.SequenceScorer` around it
-            (DDP-wrapped under several processes); `forward` scores it, `reference_forward` pi_ref.
-        batches: the index batch of every step (`training_batches`), all processes' indices.
-        options: the method's extra loss arguments (DPO's label_smoothing).
+            (DDP-wrapped under several processes); `pairs.forward` scores it, `pairs.reference_forward` pi_ref.
+        objective: `methods.objective(name, setting, **options)`.
+        pairs: a `PairData`.
+        options: `LoopOptions` (evaluation, logging, checkpoint, progress).
     Returns:
         (train_log, eval_rows) of `train_loop`.
     """
     reference_by_batch = None
-    if method.uses_reference:
-        reference_by_batch = cached_reference_logps(cache_dir, reference_model, examples,
-                                                    [local_share(b, accelerator) for b in batches], make_batch,
-                                                    reference_forward)
-    step = preference_stepper(policy, optimizer, schedule, make_batch, method, setting, reference_by_batch, forward,
-                              accelerator, **options)
-    return train_loop(step, len(examples), len(batches), len(batches[0]), None, evaluate, eval_at, log_every,
-                      checkpoint, batches=batches, desc=desc, on_evaluate=on_evaluate,
-                      show_progress=accelerator is None or accelerator.is_main_process)
+    if objective.method.uses_reference:
+        reference_by_batch = cached_reference_logps(run.cache, reference_model, pairs.examples,
+                                                    [local_share(b, run.accelerator) for b in pairs.batches],
+                                                    pairs.make_batch, pairs.reference_forward)
+    step = preference_stepper(policy, optimizer, schedule, pairs.make_batch, objective, reference_by_batch,
+                              pairs.forward, run.accelerator)
+    return train_loop(step, pairs.batches, options)
 
 
 def dpo_step(policy, optimizer, batch, reference_chosen_logps, reference_rejected_logps, beta, label_smoothing=0.0,
              forward=concatenated_forward):
     """One optimizer step of Eq. 7 (`preference_step` with the registry's DPO)."""
-    return preference_step(policy, optimizer, batch, METHODS["dpo"], beta,
-                           (reference_chosen_logps, reference_rejected_logps), forward, label_smoothing=label_smoothing)
+    return preference_step(policy, optimizer, batch, method_objective("dpo", beta, label_smoothing=label_smoothing),
+                           (reference_chosen_logps, reference_rejected_logps), forward)
 
 
 def reward_model_step(model, optimizer, batch):
@@ -394,28 +405,35 @@ def evaluation_steps(n_steps, every, early=()):
     return sorted({0, n_steps, *range(every, n_steps, every), *(s for s in early if 0 <= s <= n_steps)})
 
 
-def train_loop(step, n_items, n_steps, batch_size, seed, evaluate=None, eval_at=(), log_every=10, checkpoint=None,
-               lengths=None, batches=None, desc="train", on_evaluate=None, show_progress=True):
+@dataclass
+class LoopOptions:
+    """What `train_loop` does besides stepping, with its defaults (`run.Run.loop` makes one per run)."""
+    evaluate: Optional[Callable] = None  # evaluate(step) -> one evaluation's metrics (a frontier point); None: none
+    eval_at: Sequence[int] = ()  # the steps evaluated after (0: before training; `evaluation_steps`)
+    log_every: int = 10  # print the step's metrics every N steps and after the last
+    checkpoint: Any = None  # a `checkpoint.Checkpoint`: resume from it, save every checkpoint.every steps and at the end
+    on_evaluate: Optional[Callable] = None  # on_evaluate(train_log, eval_rows) after each evaluation (live curves)
+    desc: str = "train"  # the progress bar's label
+    show_progress: bool = True  # False on all but the main process of a multi-process run
+
+
+def train_loop(step, batches, options=None):
     """The one optimisation loop: SFT, DPO and the baselines, the reward model, PPO, the gold
     reward's fine-tune. Batching, logging, evaluation, checkpoints and resume, the NaN stop and
     the progress bar live here once.
 
     Args:
         step: `step(indices)` runs one optimizer step on those items and returns its metrics.
-        n_items: number of items (pairs, sequences, prompts) the batches index.
-        evaluate: `evaluate(step_number)` -> the metrics of one evaluation (a frontier point);
-            called after each step in `eval_at` (0: before training). None: no evaluation.
-        checkpoint: a `checkpoint.Checkpoint`; the loop resumes from it when it holds a state of
-            this run, and saves to it every `checkpoint.every` steps and after the last.
-        lengths: per item, its length; given, batches are bucketed by length (`length_bucketed`).
-        batches: the index batch of every step, when not seeded shuffles (`training_batches`);
-            it must be a pure function of the run's parameters, or resume breaks.
-        on_evaluate: `on_evaluate(train_log, eval_rows)` after each evaluation (live curves).
+        batches: the index batch of every step (`training_batches`, `cycled_batches`): one step
+            per batch. It must be a pure function of the run's parameters, or resume breaks.
+        options: `LoopOptions`. With a checkpoint the loop resumes from it when it holds a state
+            of this run, and saves to it every `checkpoint.every` steps and after the last.
     Returns:
         (train_log, eval_rows): lists of dicts, one per step and one per evaluation.
     """
-    batches = batches or training_batches(n_items, batch_size, n_steps, seed, lengths)  # the data position is the step
-    eval_at = set(eval_at) if evaluate is not None else set()
+    options = options or LoopOptions()
+    n_steps, evaluate, checkpoint = len(batches), options.evaluate, options.checkpoint
+    eval_at = set(options.eval_at) if evaluate is not None else set()
     resumed = checkpoint.restore() if checkpoint is not None else None
     first, train_log, eval_rows = (1, [], []) if resumed is None else (resumed[0] + 1, resumed[1], resumed[2])
     last_saved = None if resumed is None else first - 1
@@ -423,10 +441,10 @@ def train_loop(step, n_items, n_steps, batch_size, seed, evaluate=None, eval_at=
     def evaluate_at(i):
         eval_rows.append({"step": i, **evaluate(i)})
         bar.write(f"eval at step {i}: " + " ".join(f"{k} {v:.4g}" for k, v in eval_rows[-1].items() if k != "step"))
-        if on_evaluate is not None:
-            on_evaluate(train_log, eval_rows)
+        if options.on_evaluate is not None:
+            options.on_evaluate(train_log, eval_rows)
 
-    with progress.bar(n_steps, desc, initial=first - 1, enabled=show_progress) as bar:
+    with progress.bar(n_steps, options.desc, initial=first - 1, enabled=options.show_progress) as bar:
         if resumed is None and 0 in eval_at:
             evaluate_at(0)
         for i in range(first, n_steps + 1):
@@ -440,7 +458,7 @@ def train_loop(step, n_items, n_steps, batch_size, seed, evaluate=None, eval_at=
                     from err
             bar.update()
             bar.set_postfix(loss=f"{train_log[-1].get('loss', float('nan')):.4f}", refresh=False)
-            if i % log_every == 0 or i == n_steps:
+            if i % options.log_every == 0 or i == n_steps:
                 bar.write(f"step {i}: " + " ".join(f"{k} {v:.4f}" for k, v in train_log[-1].items() if k != "step"))
             if i in eval_at:
                 evaluate_at(i)

@@ -14,7 +14,7 @@ from dpo_core.data import collate_pairs, encode_pair
 from dpo_core.logprobs import concatenated_forward
 from dpo_core.losses import bradley_terry_loss
 from dpo_core.models import disable_dropout
-from dpo_core.ppo import AdaptiveKLController, ValueHead, ppo_step
+from dpo_core.ppo import AdaptiveKLController, PPOConfig, PPOModels, ValueHead, ppo_step
 from dpo_core.reward import ScalarRewardModel
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
 from dpo_core.train import dpo_step, reference_logps
@@ -91,9 +91,10 @@ def ppo_score_gain(seed=0, iterations=15):
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=3e-3)
     controller = AdaptiveKLController(init_kl_coef=0.01, target=6.0, horizon=10000)
     g = torch.Generator().manual_seed(seed)
-    first = ppo_step(policy, value_head, reference, optimizer, prompts, low_token_share, controller, tok, 8, g)
+    models, config = PPOModels(policy, value_head, reference), PPOConfig(8, tok.pad_token_id, tok.eos_token_id)
+    first = ppo_step(models, optimizer, prompts, low_token_share, controller, g, config)
     for _ in range(iterations):
-        last = ppo_step(policy, value_head, reference, optimizer, prompts, low_token_share, controller, tok, 8, g)
+        last = ppo_step(models, optimizer, prompts, low_token_share, controller, g, config)
     return first, last
 
 

@@ -13,8 +13,9 @@ from learned import PAIRS
 
 from dpo_core import evaluate, imdb, judges, methods, models, plotting, report, results, sampling, tasks, train
 from dpo_core.checkpoint import Checkpoint
+from dpo_core.run import Run
 from dpo_core.data import collate_pairs, encode_pair, lm_chunks
-from dpo_core.notebook import ParameterError, check_offline_method, check_parameters
+from dpo_core.notebook import ParameterError, check_parameters, offline_objective
 from dpo_core.reward import ScalarRewardModel, id_scorer, text_scorer
 from dpo_core.sampling import sample
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
@@ -85,26 +86,25 @@ def test_fit_offline_equals_a_naive_loop_of_preference_steps(tok, tmp_path, name
     reference = copy.deepcopy(policy).requires_grad_(False)
     naive = copy.deepcopy(policy)
     batches = train.training_batches(len(examples), 3, 4, seed=0)
-    method = methods.get(name)
-
     options = {"label_smoothing": 0.1} if name == "dpo" else {}  # cDPO: the method's extra argument reaches the loss
+    objective = methods.objective(name, 0.1, **options)
     optimizer, schedule = train.rmsprop_with_warmup(policy.parameters(), 1e-3, 2)
     evaluated = []
     checkpoint = Checkpoint(tmp_path / "c.pt", policy, optimizer, schedule, params={"name": name}, every=2)
+    pairs = train.PairData(examples, batches, train.pair_batch_maker(examples, tok.pad_token_id))
 
     def fit():
-        return train.fit_offline(policy, reference, examples, method, 0.1, optimizer, schedule, batches,
-                                 train.pair_batch_maker(examples, tok.pad_token_id), cache_dir=tmp_path,
-                                 checkpoint=checkpoint, evaluate=lambda step: {"n": evaluated.append(step) or 1.0},
-                                 eval_at=(0, 4), **options)
+        return train.fit_offline(Run(tmp_path, tmp_path), policy, reference, objective, optimizer, schedule, pairs,
+                                 train.LoopOptions(evaluate=lambda step: {"n": evaluated.append(step) or 1.0},
+                                                   eval_at=(0, 4), checkpoint=checkpoint))
 
     log, eval_rows = fit()
     naive_optimizer, naive_schedule = train.rmsprop_with_warmup(naive.parameters(), 1e-3, 2)
     naive_log = []
     for indices in batches:
         batch = collate_pairs([examples[i] for i in indices], tok.pad_token_id)
-        ref = train.reference_logps(reference, batch) if method.uses_reference else (None, None)
-        naive_log.append(train.preference_step(naive, naive_optimizer, batch, method, 0.1, ref, **options))
+        ref = train.reference_logps(reference, batch) if objective.method.uses_reference else (None, None)
+        naive_log.append(train.preference_step(naive, naive_optimizer, batch, objective, ref))
         naive_schedule.step()
     assert [{k: v for k, v in row.items() if k != "step"} for row in log] == naive_log
     assert same_parameters(policy, naive)
@@ -291,13 +291,18 @@ def test_temperatures_are_checked_wherever_declared():
             check_parameters(namespace(bad))
 
 
-def test_offline_method_checks_name_setting_and_label_smoothing():
-    assert check_offline_method("ipo", 0.1).name == "ipo"
-    for args, message in ((("ppo", 0.1), "method must be one of"), (("dpo", 0.0), "beta must be > 0"),
-                          (("unlikelihood", 2.0), r"alpha must be in \[0, 1\]"),
-                          (("ipo", 0.1, 0.1), "label_smoothing"), (("dpo", 0.1, 0.5), "label_smoothing")):
+def test_offline_objective_checks_name_setting_and_the_methods_own_options():
+    dpo = offline_objective("dpo", 0.1, {})
+    assert dpo.method.name == "dpo" and dpo.setting == 0.1 and dpo.options == {"label_smoothing": 0.0}  # the default
+    assert offline_objective("dpo", 0.1, {"label_smoothing": 0.2}).options == {"label_smoothing": 0.2}
+    assert offline_objective("ipo", 0.1, {}).options == {}
+    for args, message in ((("ppo", 0.1, {}), "not an offline method"), (("dpo", 0.0, {}), "beta must be > 0"),
+                          (("unlikelihood", 2.0, {}), r"alpha must be in \[0, 1\]"),
+                          (("ipo", 0.1, {"label_smoothing": 0.1}), "ipo takes no option 'label_smoothing'"),
+                          (("dpo", 0.1, {"label_smoothing": 0.5}), r"label_smoothing must be in \[0, 0.5\)"),
+                          (("dpo", 0.1, {"label_smothing": 0.1}), "its options are \\['label_smoothing'\\]")):
         with pytest.raises(ParameterError, match=message):
-            check_offline_method(*args)
+            offline_objective(*args)
 
 
 def test_trainable_follows_train_top_layers():

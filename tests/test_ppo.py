@@ -4,7 +4,8 @@ import pytest
 import torch
 from learned import low_token_share, ppo_score_gain
 
-from dpo_core.ppo import AdaptiveKLController, gae, kl_penalized_rewards, ppo_policy_loss, ppo_value_loss, whiten
+from dpo_core.ppo import (AdaptiveKLController, PPOConfig, PPOModels, gae, kl_penalized_rewards, ppo_policy_loss,
+                          ppo_value_loss, whiten)
 
 
 def test_gae_hand_computed_with_padding_that_does_not_leak():
@@ -112,8 +113,9 @@ def test_ppo_step_on_cached_frozen_bottom_equals_the_full_forward():
         value_head = ValueHead(policy.config.n_embd)
         trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
         optimizer = torch.optim.Adam(trainable, lr=1e-2)
-        stats = ppo_step(policy, value_head, reference, optimizer, prompts, low_token_share, AdaptiveKLController(0.1, 6.0),
-                         tok, 6, torch.Generator().manual_seed(0), ppo_epochs=2, minibatch_size=4, n_top=n_top)
+        config = PPOConfig(6, tok.pad_token_id, tok.eos_token_id, ppo_epochs=2, minibatch_size=4, n_top=n_top)
+        stats = ppo_step(PPOModels(policy, value_head, reference), optimizer, prompts, low_token_share,
+                         AdaptiveKLController(0.1, 6.0), torch.Generator().manual_seed(0), config)
         return stats, [p.detach().clone() for p in trainable]
 
     cached_stats, cached_weights = one_iteration(n_top=1)

@@ -1,7 +1,6 @@
 """The profiles beside smoke's: `quick` (the class lab) leaves stages out but runs the same
 Makefile graph, and every one of its parameter files passes its notebook's own checks."""
 
-import ast
 import json
 import subprocess
 from pathlib import Path

@@ -16,7 +16,7 @@ from tiny_dpo_run import N_STEPS, one_run
 
 import dpo_core.checkpoint as checkpoint_module
 from dpo_core.checkpoint import Checkpoint
-from dpo_core.train import train_loop
+from dpo_core.train import LoopOptions, train_loop, training_batches
 
 SCRIPT = Path(__file__).with_name("tiny_dpo_run.py")
 
@@ -105,6 +105,6 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
         return {"loss": 0.5}
 
     with pytest.raises(FloatingPointError) as err:
-        train_loop(step, 4, n_steps=8, batch_size=2, seed=0, checkpoint=checkpoint)
+        train_loop(step, training_batches(4, 2, 8, seed=0), LoopOptions(checkpoint=checkpoint))
     assert "step 5: DPO loss is nan" in str(err.value) and "holds step 4" in str(err.value)
     assert checkpoint.restore()[0] == 4  # and that checkpoint is there to resume from

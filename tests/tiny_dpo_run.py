@@ -17,7 +17,8 @@ from dpo_core.data import collate_pairs, make_pair
 from dpo_core.evaluate import evaluate_policy
 from dpo_core.models import disable_dropout
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2
-from dpo_core.train import dpo_step, evaluation_steps, reference_logps, train_loop, warmup_lr
+from dpo_core.train import (LoopOptions, dpo_step, evaluation_steps, reference_logps, train_loop, training_batches,
+                             warmup_lr)
 
 TEXTS = [("The film", " was a delight", " was a chore"), ("Acting", " superb", " wooden"),
          ("I", " loved it", " left early"), ("Plot", " gripping and clever", " thin"),
@@ -59,8 +60,9 @@ def one_run(seed, run_dir=None, checkpoint_every=2, pause=0.0, lr=1e-3):
         checkpoint = Checkpoint(Path(run_dir) / "checkpoint.pt", policy, optimizer, schedule,
                                 params={"seed": seed, "lr": lr}, every=checkpoint_every,
                                 logs={"eval_samples": eval_samples})
-    train_log, eval_rows = train_loop(step, len(examples), n_steps=N_STEPS, batch_size=3, seed=seed, evaluate=evaluate,
-                                      eval_at=evaluation_steps(N_STEPS, 3), log_every=1, checkpoint=checkpoint)
+    train_log, eval_rows = train_loop(step, training_batches(len(examples), 3, N_STEPS, seed),
+                                      LoopOptions(evaluate=evaluate, eval_at=evaluation_steps(N_STEPS, 3), log_every=1,
+                                                  checkpoint=checkpoint))
     return train_log, eval_rows, eval_samples
 
 
