@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 PROFILES = ["smoke", "cpu", "paper"]
-PARAMETER_TYPES = {"int", "float", "str", "bool", "list"}
+PARAMETER_TYPES = {"int", "float", "str", "bool", "list", "dict"}
 
 
 def code_cells(path):
