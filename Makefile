@@ -1,6 +1,7 @@
 # The project's verbs. The README's two commands are `make test` and `make figures`.
 #
-#   make test                  venv + pinned install, unit tests, notebook smoke runs, nbval
+#   make test                  venv + pinned install, unit tests, every notebook under papermill on smoke parameters
+#   make nbval                 the same notebooks cell by cell under nbval (CI runs it after make test)
 #   make numerics              the CPU-kernel-sensitive tests alone (CI reruns them under another ATEN_CPU_CAPABILITY)
 #   make assets                fetch and prepare the offline models, corpora and gold reward
 #   make figures [PROFILE=cpu] the IMDb experiment end to end: results/<profile>/ and figures/
@@ -36,7 +37,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 install: $(VENV)/.installed
 
-test: unit nbval
+# `unit` already executes every notebook and exercise under papermill with its smoke parameters,
+# asserts included (tests/test_notebooks.py, tests/test_exercises.py); nbval runs the same cells
+# again, so it is CI's second check (.ci/run), not part of the README's command.
+test: unit
 
 # llama.cpp's CPU runtime (34 MB from PyPI the first time, hash-checked, cached): the local judge's
 # tests and notebook 14's smoke run use it with a 0.1 MB model written on the spot.

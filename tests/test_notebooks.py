@@ -82,7 +82,7 @@ def test_params_file_exists_and_names_only_real_parameters(path, profile):
     files = params_files(path, profile)
     assert files, f"no params/{profile}/{path.stem}.yaml (or params/{profile}/{path.stem}/*.yaml)"
     declared = declared_parameters(path)
-    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
     for params_file in files:
         overrides = yaml.safe_load(params_file.read_text()) or {}
         unknown = set(overrides) - set(declared)
@@ -104,7 +104,7 @@ def test_study_params_name_only_real_parameters_of_their_notebook(params_file):
     path = ROOT / "notebooks" / f"{params_file.parent.name}.ipynb"
     assert path.is_file(), f"{params_file.relative_to(ROOT)}: no notebook {path.name}"
     declared = declared_parameters(path)
-    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list}
+    types = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
     overrides = yaml.safe_load(params_file.read_text()) or {}
     assert not set(overrides) - set(declared), f"{params_file.name} sets {sorted(set(overrides) - set(declared))}"
     for name, value in overrides.items():
