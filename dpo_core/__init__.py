@@ -9,7 +9,7 @@ module's allowed imports is ARCHITECTURE.md, checked by tests/test_architecture.
     training              evaluate, train, ppo
     assets and judges     assets (models, corpora, text sets, the judge's runtime and model), judges, tasks
     experiments, reports  imdb, plotting, report, agreement
-    notebooks, teaching   notebook (parameter checks), exercises
+    notebooks, teaching   notebook (parameter checks), run (a notebook run's plumbing), exercises
 """
 
 from dpo_core.logprobs import concatenated_forward, sequence_logps

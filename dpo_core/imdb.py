@@ -4,7 +4,7 @@ it, and the one evaluation every policy of the frontier gets.
     preferences(...)          notebook 03's outputs: pairs, examples, test prompts, pi_ref's directory
     policy_and_reference(...) pi_ref twice: the policy to train and the frozen reference
     load_reward_model(...)    notebook 05's learned reward model, ready to score ids
-    load_policy(...)          pi_ref, or pi_ref with a training run's weights, and its method and setting
+    load_run_policy(...)          pi_ref, or pi_ref with a training run's weights, and its method and setting
     frontier_evaluator(...)   evaluate(step) for `train.train_loop`: one frontier point, samples kept;
                               step 0 (pi = pi_ref) computed once and shared by every run
     trajectory(run_dir)       a run's evaluations per prompt, for intervals and paired comparisons
@@ -70,7 +70,7 @@ def load_reward_model(results_root, profile, run, sft_dir):
     return model.eval()
 
 
-def load_policy(results_root, profile, spec, sft_dir):
+def load_run_policy(results_root, profile, spec, sft_dir):
     """(model, tokenizer, method, setting) for `spec`: "sft" (pi_ref) or "<notebook>/<run>" (pi_ref
     with that finished run's trained weights; its method and setting from its params)."""
     model, tokenizer = results.load_model(sft_dir / "model")
