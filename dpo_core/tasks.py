@@ -20,11 +20,16 @@ sampling and judging share one split of text into prompt and completion. Offline
 builds small synthetic datasets in exactly these schemas, so the parsing, the training steps and
 the notebooks run on `smoke` (tests/test_tasks.py checks the parsing on them).
 
+A `Task` (the registry `TASKS`) is one experiment's parsing of its comparisons and test set, the
+App. C.2 judge prompt and its win-rate figure; `task_data` loads its splits from any source.
 `win_rates` samples every policy on the test prompts and has a judge compare each response with
-the reference one (notebooks 11 and 12).
+the reference one (notebooks 11 and 12). Adding a task with given comparisons is one parser and one
+entry here, plus a params file for notebook 11 (summarisation's shape) or 12 (dialogue's).
 """
 
 import random
+from dataclasses import dataclass
+from typing import Callable
 
 import datasets
 
@@ -97,6 +102,49 @@ def hh_single_turn(rows):
             continue
         pairs.append({"prompt": a[0], "chosen": a[1], "rejected": b[1]})
     return pairs, dropped
+
+
+def hh_references(rows):
+    """Anthropic/hh-rlhf rows -> list of (prompt, chosen response) of the single-turn dialogues: the
+    dataset's chosen answer is the reference a policy's answer is judged against (Fig. 3 left)."""
+    return [(pair["prompt"], pair["chosen"].strip()) for pair in hh_single_turn(rows)[0]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One of the paper's other experiments: how its data parse, how it is judged, its figure."""
+    name: str
+    pairs: Callable  # comparison rows -> (text pairs prompt / chosen / rejected, n_dropped)
+    references: Callable  # test rows -> [(prompt, reference response)]
+    judge_prompt: str  # the App. C.2 prompt of `judges.make_judge`
+    figure: str  # the win-rate figure's file name
+    title: str  # its title; {judge} is filled in
+    strip: bool = False  # responses stripped of outer whitespace before judging
+
+
+TASKS = {t.name: t for t in [
+    Task("tldr", tldr_pairs, tldr_references, "summarization_concise", "winrate_temperature_tldr",
+         "TL;DR: win rate vs reference summaries ({judge})"),  # Fig. 2 right
+    Task("hh", hh_single_turn, hh_references, "dialogue", "winrate_temperature_hh",
+         "Anthropic-HH single turn: win rate vs chosen ({judge})", strip=True),  # Fig. 3 left
+]}
+
+
+def task_data(task, comparisons, references, n_train_pairs=0, n_eval_pairs=0, n_test_prompts=0):
+    """A task's splits: (train pairs, n_dropped, held-out pairs, test [(prompt, reference)]).
+
+    Train pairs: the first n_train_pairs rows of `comparisons`' train split (0: all), parsed, with
+    the count of those dropped. Held-out pairs: the first n_eval_pairs of its test split. Test: the
+    first n_test_prompts of `references`' test split, or, when `references` is the comparisons
+    themselves, the last ones, so that no test query is also a held-out pair. Sources as `load_rows`."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; the tasks are {sorted(TASKS)} (dpo_core/tasks.py)")
+    task = TASKS[task]
+    train, n_dropped = task.pairs(load_rows(comparisons, "train", n_train_pairs))
+    held_out = task.pairs(load_rows(comparisons, "test"))[0][:n_eval_pairs or None]
+    test = task.references(load_rows(references, "test"))
+    test = test[-n_test_prompts:] if references == comparisons else test[:n_test_prompts or None]
+    return train, n_dropped, held_out, test
 
 
 def judge_context(prompt):

@@ -137,3 +137,24 @@ def test_make_judge_names_the_two_kinds():
     assert isinstance(make_judge("reward:tiny", "dialogue", "/nonexistent"), GoldRewardJudge)
     with pytest.raises(ValueError, match="use chat:<model>"):
         make_judge("gpt-4", "dialogue", "/nonexistent")
+
+
+def test_task_data_keeps_test_queries_apart_from_held_out_pairs():
+    # hh: comparisons and test queries from one dataset; held-out pairs from the front of its test
+    # split, queries from its end, so with 3 + 3 of the fixture's test pairs none is both
+    train, dropped, held_out, test = tasks.task_data("hh", "fixture:hh-rlhf", "fixture:hh-rlhf", 0, 3, 3)
+    test_pairs, _ = tasks.hh_single_turn(tasks.load_rows("fixture:hh-rlhf", "test"))
+    assert held_out == test_pairs[:3] and test == [(p["prompt"], p["chosen"].strip()) for p in test_pairs[-3:]]
+    assert len(test_pairs) >= 6  # so the first 3 and the last 3 are different rows
+    assert len(train) + dropped == 24 and dropped == 24 // 5  # the fixture's multi-turn rows, every 5th
+    # tldr: the test posts come from the references, from their front
+    _, _, _, tldr_test = tasks.task_data("tldr", "fixture:openai_summarize_comparisons",
+                                         "fixture:openai_summarize_tldr", 0, 4, 2)
+    assert tldr_test == tasks.tldr_references(tasks.load_rows("fixture:openai_summarize_tldr", "test"))[:2]
+
+
+def test_the_task_registry_names_its_tasks_and_their_judge_prompts():
+    assert tasks.TASKS["tldr"].judge_prompt == "summarization_concise" and tasks.TASKS["hh"].judge_prompt == "dialogue"
+    assert tasks.TASKS["hh"].strip and not tasks.TASKS["tldr"].strip
+    with pytest.raises(ValueError, match=r"unknown task 'summ'; the tasks are \['hh', 'tldr'\]"):
+        tasks.task_data("summ", "fixture:hh-rlhf", "fixture:hh-rlhf")
