@@ -191,13 +191,13 @@ def best_of_n(model, prompts, n, score, max_new_tokens, temperature=1.0, eos_tok
     return [pool[i * n + j] for i, j in enumerate(scores.argmax(-1).tolist())]
 
 
-def sample_texts(model, tokenizer, prompts, temperature, max_new_tokens, seed, matmuls, device="cpu", n=1, score=None,
+def sample_texts(model, tokenizer, prompts, temperature, max_new_tokens, seed, matmuls, n=1, score=None,
                  with_prompt=False):
     """One completion per prompt (ids) at `temperature`, as text without special tokens; Best-of-N for
     n > 1 (`score`'s pick of n); the prompt in front when `with_prompt`. Sampling runs at the `matmuls`
     precision (`precision.autocast`) from a generator seeded `seed`, so every policy and temperature
-    meets the same random numbers (the win rates' common random numbers)."""
-    with autocast(matmuls, device):
+    meets the same random numbers (the win rates' common random numbers), on the model's device."""
+    with autocast(matmuls, next(model.parameters()).device):
         completions = best_of_n(model, prompts, n, score, max_new_tokens, temperature, tokenizer.eos_token_id,
                                 tokenizer.pad_token_id, torch.Generator().manual_seed(seed))
     return [tokenizer.decode((p if with_prompt else []) + c, skip_special_tokens=True)

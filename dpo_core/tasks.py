@@ -257,7 +257,7 @@ def load_rows(source, split, limit=0):
 
 
 def win_rates(policies, prompts, references, tokenizer, judge, temperatures, max_new_tokens, seed, matmuls,
-              device="cpu", strip=False):
+              strip=False):
     """Fig. 2 (right) and Fig. 3 (left): every policy's win rate against `references` at every temperature.
 
     Each text prompt is encoded as in training (`data.encode_prompt`) and shown to the judge as its
@@ -274,7 +274,7 @@ def win_rates(policies, prompts, references, tokenizer, judge, temperatures, max
 
     def generate(model, n=1, score=None):
         def texts(temperature):
-            out = sample_texts(model.eval(), tokenizer, ids, temperature, max_new_tokens, seed, matmuls, device, n,
+            out = sample_texts(model.eval(), tokenizer, ids, temperature, max_new_tokens, seed, matmuls, n,
                                score)
             return [t.strip() for t in out] if strip else out
         return texts
