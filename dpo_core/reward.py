@@ -2,7 +2,7 @@
 
 The paper scores IMDb completions with siebert/sentiment-roberta-large-english and plots
 the probability of the positive class (Fig. 2's reward axis spans 0.4-1.0). Offline, the
-same class wraps a MiniLM fine-tuned on Rotten Tomatoes snippets (`assets.finetune_sentiment_classifier`,
+same class wraps a MiniLM fine-tuned on Rotten Tomatoes snippets (`gold.finetune_sentiment_classifier`,
 beside the corpora), whose quality is measured on held-out Pang & Lee data.
 
     SentimentReward      p(positive) of a classifier, batch-size independent, eval mode

@@ -128,7 +128,7 @@ def gold_reward_finetune(seed=0, out_dir=None, max_steps=40):
     import tempfile
 
     from dpo_core import assets
-    from dpo_core.assets import finetune_sentiment_classifier
+    from dpo_core.gold import finetune_sentiment_classifier
     from dpo_core.reward import SentimentReward
 
     for name in assets.CORPORA:

@@ -8,7 +8,7 @@ import torch
 from learned import gold_reward_finetune
 from sklearn.metrics import roc_auc_score
 
-from dpo_core.assets import roc_auc
+from dpo_core.gold import roc_auc
 from dpo_core.reward import SentimentReward, positive_label_index, tie_rate, tiny_classifier
 
 TEXTS = ["a gem .", "the worst film i have seen this year , dull and lifeless .", "ok", "x" * 600, "i loved it"]
