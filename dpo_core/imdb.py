@@ -4,7 +4,7 @@ it, and the one evaluation every policy of the frontier gets.
     preferences(...)          notebook 03's outputs: pairs, examples, test prompts, pi_ref's directory
     policy_and_reference(...) pi_ref twice: the policy to train and the frozen reference
     load_reward_model(...)    notebook 05's learned reward model, ready to score ids
-    load_run_policy(...)          pi_ref, or pi_ref with a training run's weights, and its method and setting
+    load_run_policy(...)      pi_ref, or pi_ref with a training run's weights, and its method and setting
     frontier_evaluator(...)   evaluate(step) for `train.train_loop`: one frontier point, samples kept;
                               step 0 (pi = pi_ref) computed once and shared by every run
     trajectory(run_dir)       a run's evaluations per prompt, for intervals and paired comparisons

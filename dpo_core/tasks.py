@@ -141,9 +141,12 @@ def task_data(task, comparisons, references, n_train_pairs=0, n_eval_pairs=0, n_
         raise ValueError(f"unknown task {task!r}; the tasks are {sorted(TASKS)} (dpo_core/tasks.py)")
     task = TASKS[task]
     train, n_dropped = task.pairs(load_rows(comparisons, "train", n_train_pairs))
-    held_out = task.pairs(load_rows(comparisons, "test"))[0][:n_eval_pairs or None]
-    test = task.references(load_rows(references, "test"))
-    test = test[-n_test_prompts:] if references == comparisons else test[:n_test_prompts or None]
+    test_rows = load_rows(comparisons, "test")  # loaded once, also for the test queries when they come from it
+    held_out = task.pairs(test_rows)[0][:n_eval_pairs or None]
+    if references == comparisons:
+        test = task.references(test_rows)[-n_test_prompts:]
+    else:
+        test = task.references(load_rows(references, "test"))[:n_test_prompts or None]
     return train, n_dropped, held_out, test
 
 
