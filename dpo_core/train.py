@@ -19,6 +19,7 @@ since a strict accuracy reads 0 (not 0.5) when every pair ties, as at step 0.
 """
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -439,8 +440,11 @@ def train_loop(step, batches, options=None):
     last_saved = None if resumed is None else first - 1
 
     def evaluate_at(i):
+        start = time.perf_counter()
         eval_rows.append({"step": i, **evaluate(i)})
-        bar.write(f"eval at step {i}: " + " ".join(f"{k} {v:.4g}" for k, v in eval_rows[-1].items() if k != "step"))
+        took = time.perf_counter() - start  # printed: what an evaluation costs next to a step (the bar's rate)
+        bar.write(f"eval at step {i} ({took:.0f} s): "
+                  + " ".join(f"{k} {v:.4g}" for k, v in eval_rows[-1].items() if k != "step"))
         if options.on_evaluate is not None:
             options.on_evaluate(train_log, eval_rows)
 
